@@ -1,0 +1,131 @@
+#!/bin/sh
+# Builds the root filesystem of one runtime for the local (runc / runsc)
+# driver: build/rootfs/<name>/.
+#
+#   mkrootfs.sh NAME RECIPE_DIR OUT_DIR RUNNER_BINARY [RUNNER_DEPS_FILE]
+#
+# RECIPE_DIR/packages.txt lists the runtime's Debian packages; the runner's
+# own runtime libraries come from RUNNER_DEPS_FILE (runtimes/runner/
+# RUNTIME_DEPS) or, until that file exists, from the list below.
+#
+# Why a cache keyed by a hash: debootstrap takes about a minute, copying
+# the runner takes milliseconds.  The expensive part (debootstrap, user,
+# stripping) is a pure function of the package list, this script and the
+# mirror, so its result is kept next to a stamp holding that key and is
+# rebuilt only when the key changes.  The runner binary is compared and
+# replaced on every run.
+#
+# Why build in a temporary directory and rename: two builds (two make
+# invocations, CI retries) may run at once; a reader must see either the
+# old complete tree or the new complete tree, never a half-built one.
+
+set -eu
+
+name=$1
+recipe=$2
+out=$3
+runner=$4
+runner_deps=${5:-}
+
+# The mirror this machine's apt uses (see /etc/apt/sources.list.d); the
+# same archive, so what the tests run is what apt installs here.
+mirror=${LSS_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+suite=${LSS_DEBIAN_SUITE:-bookworm}
+default_runner_deps="libmicrohttpd12 libwslay1 libjansson4 libseccomp2
+libpython3.11"
+
+if [ "$(id -u)" != 0 ]; then
+    echo "mkrootfs: debootstrap needs root" >&2
+    exit 1
+fi
+
+strip_comments() {
+    sed -e 's/#.*//' "$@" | tr -s ' \t\n' '\n' | grep -v '^$' || true
+}
+
+pkgs=$(strip_comments "$recipe/packages.txt")
+if [ -n "$runner_deps" ] && [ -f "$runner_deps" ]; then
+    rdeps=$(strip_comments "$runner_deps")
+else
+    rdeps=$(echo "$default_runner_deps" | tr -s ' \n' '\n')
+fi
+all=$(printf '%s\n%s\n' "$pkgs" "$rdeps" | grep -v '^$' | sort -u)
+include=$(echo "$all" | tr '\n' ',' | sed -e 's/,$//')
+
+key=$( (echo "$mirror $suite"; echo "$all"; cat "$0") | sha256sum \
+       | cut -c1-16)
+
+root=$out/$name
+stamp=$out/$name.key
+mkdir -p "$out"
+
+if [ -d "$root" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$key" ]; then
+    echo "mkrootfs: $name: cached ($key)"
+else
+    echo "mkrootfs: $name: debootstrap $suite ($key): $include"
+    tmp=$out/.tmp.$name.$$
+    debs=$out/.debs
+    rm -rf "$tmp"
+    mkdir -p "$debs"
+    trap 'rm -rf "$tmp"' EXIT INT TERM
+
+    debootstrap --variant=minbase --cache-dir="$(realpath "$debs")" \
+        --include="$include" "$suite" "$tmp" "$mirror" >"$tmp.log" 2>&1 \
+        || { tail -20 "$tmp.log" >&2; rm -f "$tmp.log"; exit 1; }
+    rm -f "$tmp.log"
+
+    # The sandbox user executions run as (the runner's --exec-uid).
+    # Appended, not useradd'ed, so the result does not depend on the
+    # host's shadow tools.
+    echo 'sandbox:x:1000:1000:sandbox:/workspace:/bin/bash' \
+        >>"$tmp/etc/passwd"
+    echo 'sandbox:x:1000:' >>"$tmp/etc/group"
+    echo 'sandbox:!:19000::::::' >>"$tmp/etc/shadow"
+
+    mkdir -p "$tmp/workspace" "$tmp/run/llmsafespace"
+    chmod 0755 "$tmp/workspace"
+    chmod 0700 "$tmp/run/llmsafespace"
+
+    # No network by default; an explicit empty resolver configuration
+    # makes name lookups fail fast instead of trying the host's.
+    : >"$tmp/etc/resolv.conf"
+    printf '127.0.0.1\tlocalhost\n::1\t\tlocalhost\n' >"$tmp/etc/hosts"
+    echo sandbox >"$tmp/etc/hostname"
+
+    # What a sandbox never needs: documentation, apt's indexes and
+    # downloaded archives, logs of the build.
+    rm -rf "$tmp"/usr/share/doc/* "$tmp"/usr/share/man/* \
+        "$tmp"/usr/share/info/* "$tmp"/usr/share/lintian \
+        "$tmp"/var/lib/apt/lists/* "$tmp"/var/cache/apt/*.bin \
+        "$tmp"/var/cache/apt/archives/*.deb "$tmp"/var/cache/debconf/*-old \
+        "$tmp"/var/log/* "$tmp"/debootstrap
+    find "$tmp/usr/share/locale" -mindepth 1 -maxdepth 1 \
+        ! -name 'locale.alias' -exec rm -rf {} + 2>/dev/null || true
+
+    # Defence in depth: no_new_privs already makes set-id bits inert, but
+    # a rootfs without them cannot be misused by a weaker configuration.
+    find "$tmp" -xdev -type f -perm /6000 -exec chmod ug-s {} +
+
+    if [ -d "$root" ]; then
+        mv "$root" "$out/.old.$name.$$"
+    fi
+    mv "$tmp" "$root"
+    echo "$key" >"$stamp"
+    rm -rf "$out/.old.$name.$$"
+    trap - EXIT INT TERM
+fi
+
+# The runner: replaced whenever the built binary differs, again through a
+# rename so a container starting now sees a whole file.
+dst=$root/usr/local/bin/llmsafespace-runner
+if [ -f "$runner" ]; then
+    if ! cmp -s "$runner" "$dst"; then
+        mkdir -p "$(dirname "$dst")"
+        cp "$runner" "$dst.new.$$"
+        chmod 0755 "$dst.new.$$"
+        mv "$dst.new.$$" "$dst"
+        echo "mkrootfs: $name: runner installed"
+    fi
+else
+    echo "mkrootfs: $name: no runner binary at $runner (not installed)" >&2
+fi
