@@ -1,0 +1,89 @@
+# LLMSafeSpace: top-level build, run and test.
+SHELL := /bin/bash
+#
+#   make          build the nginx module (and the runner)
+#   make run      start the local stack
+#   make test     run every test
+#   make install  install the module into Debian's nginx
+
+TOP        := $(CURDIR)
+BUILD      := $(TOP)/build
+NGX_SRC    ?= /usr/share/nginx/src
+NGX_BUILD  := $(BUILD)/nginx
+MODULE     := $(BUILD)/ngx_http_llmsafespace_module.so
+MODULE_SRC := $(wildcard ngx_llmsafespace/*.c ngx_llmsafespace/*.h) config
+NGX_MODDIR ?= /usr/lib/nginx/modules
+PROVE      ?= prove
+PYTHON     ?= /usr/bin/python3
+
+export TOP BUILD MODULE
+
+.PHONY: all module deps install uninstall test test-unit test-gateway \
+        test-gateway-valgrind test-runner test-runtimes bench run stop \
+        admin-key fuzz clean
+
+all: module runner
+
+deps:
+	@tools/deps.sh
+
+# The module is built in a private copy of Debian's nginx-dev tree, configured
+# with Debian's own flags (--with-compat), so it loads into the stock binary.
+# nginx's configure lists the module's files: a new or removed file means
+# configuring again.
+SRC_LIST   := $(BUILD)/module-sources
+$(shell mkdir -p $(BUILD); ls ngx_llmsafespace/*.[ch] 2>/dev/null > $(SRC_LIST).new; \
+    cmp -s $(SRC_LIST).new $(SRC_LIST) || mv $(SRC_LIST).new $(SRC_LIST))
+
+$(NGX_BUILD)/Makefile: config $(SRC_LIST)
+	@tools/deps.sh gateway.txt
+	rm -rf $(NGX_BUILD) && mkdir -p $(BUILD)
+	cp -r $(NGX_SRC) $(NGX_BUILD)
+	cd $(NGX_BUILD) && . ./conf_flags && \
+	    ./configure "$${NGX_CONF_FLAGS[@]}" \
+	        --add-dynamic-module=$(TOP) > configure.log 2>&1 \
+	    || { tail -30 configure.log; exit 1; }
+
+$(MODULE): $(NGX_BUILD)/Makefile $(MODULE_SRC)
+	$(MAKE) -C $(NGX_BUILD) -f objs/Makefile modules
+	cp $(NGX_BUILD)/objs/ngx_http_llmsafespace_module.so $@
+
+module: $(MODULE)
+
+runner:
+	@tools/deps.sh
+	$(MAKE) -C runtimes/runner
+
+install: $(MODULE)
+	install -D -m 0644 $(MODULE) $(NGX_MODDIR)/ngx_http_llmsafespace_module.so
+	install -D -m 0644 conf/mod-http-llmsafespace.conf \
+	    /usr/share/nginx/modules-available/mod-http-llmsafespace.conf
+	ln -sf /usr/share/nginx/modules-available/mod-http-llmsafespace.conf \
+	    /etc/nginx/modules-enabled/50-mod-http-llmsafespace.conf
+
+uninstall:
+	rm -f $(NGX_MODDIR)/ngx_http_llmsafespace_module.so \
+	    /usr/share/nginx/modules-available/mod-http-llmsafespace.conf \
+	    /etc/nginx/modules-enabled/50-mod-http-llmsafespace.conf
+
+test: deps module test-unit test-gateway test-runner test-runtimes
+
+test-gateway: $(MODULE)
+	$(PROVE) -I t/lib t/
+
+# The same integration tests with every nginx process under valgrind
+# memcheck; any error report fails the run.
+test-gateway-valgrind: $(MODULE)
+	LSS_TEST_VALGRIND=1 $(PROVE) -I t/lib t/
+
+test-runner:
+	$(MAKE) -C runtimes/runner test
+
+test-runtimes:
+	$(MAKE) -C runtimes test
+
+bench: $(MODULE)
+	bench/run.sh
+
+clean:
+	rm -rf $(BUILD)

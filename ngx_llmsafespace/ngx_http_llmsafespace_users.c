@@ -1,0 +1,788 @@
+
+/*
+ * Copyright (C) LLMSafeSpace
+ *
+ * Users and API keys: GET /user, /user/apikeys (list, create, revoke) and,
+ * for admins, /users (list, create, get, delete).  Everything but "who am
+ * I" lives in PostgreSQL; with a keys file instead, those routes answer
+ * 501 not_implemented.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include <openssl/rand.h>
+
+#include "ngx_http_llmsafespace.h"
+#include "ngx_http_llmsafespace_api.h"
+#include "ngx_http_llmsafespace_auth.h"
+
+
+#define NGX_HTTP_LLMSAFESPACE_TS(col)                                         \
+    "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
+
+#define NGX_HTTP_LLMSAFESPACE_USER_ID_LEN  (4 + 16)
+#define NGX_HTTP_LLMSAFESPACE_LIST_MAX     1000
+
+
+static ngx_int_t ngx_http_llmsafespace_users_need_pg(ngx_http_request_t *r);
+static ngx_int_t ngx_http_llmsafespace_page(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, u_char *limit, u_char *offset);
+static json_t *ngx_http_llmsafespace_value(PGresult *res, int row, int col);
+static json_t *ngx_http_llmsafespace_key_json(PGresult *res, int row);
+static json_t *ngx_http_llmsafespace_user_json(PGresult *res, int row);
+static ngx_int_t ngx_http_llmsafespace_apikeys_listed(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, PGresult *res);
+static ngx_int_t ngx_http_llmsafespace_apikeys_created(
+    ngx_http_request_t *r, ngx_http_llmsafespace_ctx_t *ctx, PGresult *res);
+static ngx_int_t ngx_http_llmsafespace_apikeys_revoked(
+    ngx_http_request_t *r, ngx_http_llmsafespace_ctx_t *ctx, PGresult *res);
+static ngx_int_t ngx_http_llmsafespace_users_listed(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, PGresult *res);
+static ngx_int_t ngx_http_llmsafespace_users_created(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, PGresult *res);
+static ngx_int_t ngx_http_llmsafespace_users_got(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, PGresult *res);
+static ngx_int_t ngx_http_llmsafespace_users_deleted(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, PGresult *res);
+static ngx_int_t ngx_http_llmsafespace_name_valid(const char *name);
+
+
+static const char  ngx_http_llmsafespace_keys_list_sql[] =
+    "SELECT id, name, " NGX_HTTP_LLMSAFESPACE_TS("created_at") ", "
+    NGX_HTTP_LLMSAFESPACE_TS("last_used_at") ", "
+    NGX_HTTP_LLMSAFESPACE_TS("revoked_at") " "
+    "FROM api_keys WHERE user_id = $1 ORDER BY created_at, id";
+
+static const char  ngx_http_llmsafespace_keys_create_sql[] =
+    "INSERT INTO api_keys (id, user_id, secret_hash, name) "
+    "SELECT $1, id, $2, $3 FROM users WHERE id = $4 AND deleted_at IS NULL "
+    "RETURNING id, name, " NGX_HTTP_LLMSAFESPACE_TS("created_at") ", "
+    NGX_HTTP_LLMSAFESPACE_TS("last_used_at") ", "
+    NGX_HTTP_LLMSAFESPACE_TS("revoked_at");
+
+/* users may revoke their own keys, admins anybody's ($3 = 't') */
+static const char  ngx_http_llmsafespace_keys_revoke_sql[] =
+    "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) "
+    "WHERE id = $1 AND (user_id = $2 OR $3 = 't') "
+    "RETURNING id, name, " NGX_HTTP_LLMSAFESPACE_TS("created_at") ", "
+    NGX_HTTP_LLMSAFESPACE_TS("last_used_at") ", "
+    NGX_HTTP_LLMSAFESPACE_TS("revoked_at");
+
+static const char  ngx_http_llmsafespace_users_list_sql[] =
+    "SELECT id, name, role, " NGX_HTTP_LLMSAFESPACE_TS("created_at") " "
+    "FROM users WHERE deleted_at IS NULL ORDER BY created_at, id "
+    "LIMIT $1 OFFSET $2";
+
+static const char  ngx_http_llmsafespace_users_get_sql[] =
+    "SELECT id, name, role, " NGX_HTTP_LLMSAFESPACE_TS("created_at") " "
+    "FROM users WHERE id = $1 AND deleted_at IS NULL";
+
+/* a user and its first key in one statement: both or neither */
+static const char  ngx_http_llmsafespace_users_create_sql[] =
+    "WITH u AS (INSERT INTO users (id, name, role) VALUES ($1, $2, $3) "
+    "RETURNING id, name, role, created_at), "
+    "k AS (INSERT INTO api_keys (id, user_id, secret_hash, name) "
+    "SELECT $4, id, $5, 'initial' FROM u RETURNING id, name, created_at) "
+    "SELECT u.id, u.name, u.role, " NGX_HTTP_LLMSAFESPACE_TS("u.created_at")
+    ", k.id, k.name, " NGX_HTTP_LLMSAFESPACE_TS("k.created_at") " "
+    "FROM u, k";
+
+/* one row per revoked key, or one with a NULL key; none: no such user */
+static const char  ngx_http_llmsafespace_users_delete_sql[] =
+    "WITH u AS (UPDATE users SET deleted_at = now() "
+    "WHERE id = $1 AND deleted_at IS NULL RETURNING id), "
+    "k AS (UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) "
+    "WHERE user_id IN (SELECT id FROM u) RETURNING id) "
+    "SELECT u.id, k.id FROM u LEFT JOIN k ON true";
+
+
+ngx_int_t
+ngx_http_llmsafespace_user_get(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id)
+{
+    json_t     *json;
+    ngx_int_t   rc;
+
+    json = json_pack("{s:s%, s:s%, s:s, s:s%}",
+                     "id", ctx->identity.user_id.data,
+                     ctx->identity.user_id.len,
+                     "name", ctx->identity.user_name.data,
+                     ctx->identity.user_name.len,
+                     "role", ctx->identity.role
+                             == NGX_HTTP_LLMSAFESPACE_ROLE_ADMIN
+                             ? "admin" : "user",
+                     "keyId", ctx->identity.key_id.data,
+                     ctx->identity.key_id.len);
+    if (json == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rc = ngx_http_llmsafespace_send_json(r, NGX_HTTP_OK, json);
+    json_decref(json);
+
+    return rc;
+}
+
+
+ngx_int_t
+ngx_http_llmsafespace_apikeys_list(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id)
+{
+    u_char      *user;
+    const char  *values[1];
+
+    if (ngx_http_llmsafespace_users_need_pg(r) != NGX_OK) {
+        return ngx_http_llmsafespace_send_error(r, NGX_HTTP_NOT_IMPLEMENTED,
+                     "not_implemented", "API keys are managed in the keys "
+                     "file: this gateway has no llmsafespace_postgres");
+    }
+
+    user = ngx_pnalloc(r->pool, ctx->identity.user_id.len + 1);
+    if (user == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    *ngx_cpymem(user, ctx->identity.user_id.data,
+                ctx->identity.user_id.len) = '\0';
+
+    values[0] = (const char *) user;
+
+    return ngx_http_llmsafespace_api_query(r, ctx,
+                                     ngx_http_llmsafespace_keys_list_sql, 1,
+                                     values,
+                                     ngx_http_llmsafespace_apikeys_listed);
+}
+
+
+static ngx_int_t
+ngx_http_llmsafespace_apikeys_listed(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, PGresult *res)
+{
+    int         i;
+    json_t     *list, *json;
+    ngx_int_t   rc;
+
+    list = json_array();
+    if (list == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    for (i = 0; i < PQntuples(res); i++) {
+        if (json_array_append_new(list,
+                                  ngx_http_llmsafespace_key_json(res, i))
+            != 0)
+        {
+            json_decref(list);
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
+    json = json_pack("{s:o}", "apiKeys", list);
+    if (json == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rc = ngx_http_llmsafespace_send_json(r, NGX_HTTP_OK, json);
+    json_decref(json);
+
+    return rc;
+}
+
+
+ngx_int_t
+ngx_http_llmsafespace_apikeys_create(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id)
+{
+    u_char                           *user, *key_id, *hash;
+    const char                       *name, *values[4];
+    ngx_http_llmsafespace_new_key_t  *key;
+
+    static const char  *fields[] = { "name", NULL };
+
+    if (ngx_http_llmsafespace_users_need_pg(r) != NGX_OK) {
+        return ngx_http_llmsafespace_send_error(r, NGX_HTTP_NOT_IMPLEMENTED,
+                     "not_implemented", "API keys are managed in the keys "
+                     "file: this gateway has no llmsafespace_postgres");
+    }
+
+    if (ngx_http_llmsafespace_api_only(r, ctx, fields) != NGX_OK
+        || ngx_http_llmsafespace_api_string(r, ctx, "name", 0, 64, &name)
+           != NGX_OK)
+    {
+        return ngx_http_llmsafespace_api_reject(r, ctx);
+    }
+
+    key = ngx_pcalloc(r->pool, sizeof(ngx_http_llmsafespace_new_key_t));
+    user = ngx_pnalloc(r->pool, ctx->identity.user_id.len + 1);
+    key_id = ngx_pnalloc(r->pool, NGX_HTTP_LLMSAFESPACE_KEY_ID_LEN + 1);
+    hash = ngx_pnalloc(r->pool, NGX_HTTP_LLMSAFESPACE_HASH_HEX_LEN + 1);
+
+    if (key == NULL || user == NULL || key_id == NULL || hash == NULL
+        || ngx_http_llmsafespace_key_generate(key) != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    *ngx_cpymem(user, ctx->identity.user_id.data,
+                ctx->identity.user_id.len) = '\0';
+    *ngx_cpymem(key_id, key->key_id, NGX_HTTP_LLMSAFESPACE_KEY_ID_LEN) = '\0';
+    *ngx_cpymem(hash, key->hash_hex, NGX_HTTP_LLMSAFESPACE_HASH_HEX_LEN) =
+                                                                         '\0';
+
+    ctx->new_key = key;
+
+    values[0] = (const char *) key_id;
+    values[1] = (const char *) hash;
+    values[2] = name;
+    values[3] = (const char *) user;
+
+    return ngx_http_llmsafespace_api_query(r, ctx,
+                                    ngx_http_llmsafespace_keys_create_sql, 4,
+                                    values,
+                                    ngx_http_llmsafespace_apikeys_created);
+}
+
+
+static ngx_int_t
+ngx_http_llmsafespace_apikeys_created(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, PGresult *res)
+{
+    json_t                           *json;
+    ngx_int_t                         rc;
+    ngx_http_llmsafespace_new_key_t  *key;
+
+    key = ctx->new_key;
+
+    if (PQntuples(res) != 1) {
+        /* the user was deleted while its key was in use */
+        return ngx_http_llmsafespace_send_error(r, NGX_HTTP_UNAUTHORIZED,
+                                                "unauthorized",
+                                                "API key revoked");
+    }
+
+    json = ngx_http_llmsafespace_key_json(res, 0);
+    if (json == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    /* the secret is shown once, here, and never stored */
+
+    if (json_object_set_new(json, "key",
+                            json_stringn((char *) key->key,
+                                         NGX_HTTP_LLMSAFESPACE_KEY_LEN))
+        != 0)
+    {
+        json_decref(json);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->audit_object.data = key->key_id;
+    ctx->audit_object.len = NGX_HTTP_LLMSAFESPACE_KEY_ID_LEN;
+
+    rc = ngx_http_llmsafespace_send_json(r, NGX_HTTP_CREATED, json);
+    json_decref(json);
+
+    return rc;
+}
+
+
+ngx_int_t
+ngx_http_llmsafespace_apikeys_delete(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id)
+{
+    u_char      *key_id, *user;
+    const char  *values[3];
+
+    if (ngx_http_llmsafespace_users_need_pg(r) != NGX_OK) {
+        return ngx_http_llmsafespace_send_error(r, NGX_HTTP_NOT_IMPLEMENTED,
+                     "not_implemented", "API keys are managed in the keys "
+                     "file: this gateway has no llmsafespace_postgres");
+    }
+
+    ctx->audit_object = *id;
+
+    key_id = ngx_pnalloc(r->pool, id->len + 1);
+    user = ngx_pnalloc(r->pool, ctx->identity.user_id.len + 1);
+
+    if (key_id == NULL || user == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    *ngx_cpymem(key_id, id->data, id->len) = '\0';
+    *ngx_cpymem(user, ctx->identity.user_id.data,
+                ctx->identity.user_id.len) = '\0';
+
+    values[0] = (const char *) key_id;
+    values[1] = (const char *) user;
+    values[2] = ctx->identity.role == NGX_HTTP_LLMSAFESPACE_ROLE_ADMIN
+                ? "t" : "f";
+
+    return ngx_http_llmsafespace_api_query(r, ctx,
+                                    ngx_http_llmsafespace_keys_revoke_sql, 3,
+                                    values,
+                                    ngx_http_llmsafespace_apikeys_revoked);
+}
+
+
+static ngx_int_t
+ngx_http_llmsafespace_apikeys_revoked(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, PGresult *res)
+{
+    json_t     *json;
+    ngx_int_t   rc;
+
+    if (PQntuples(res) != 1) {
+        return ngx_http_llmsafespace_send_error(r, NGX_HTTP_NOT_FOUND,
+                                                "not_found",
+                                                "API key %V not found",
+                                                &ctx->audit_object);
+    }
+
+    ngx_http_llmsafespace_key_revoked(&ctx->audit_object);
+
+    json = ngx_http_llmsafespace_key_json(res, 0);
+    if (json == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rc = ngx_http_llmsafespace_send_json(r, NGX_HTTP_OK, json);
+    json_decref(json);
+
+    return rc;
+}
+
+
+ngx_int_t
+ngx_http_llmsafespace_users_list(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id)
+{
+    u_char      *limit, *offset;
+    const char  *values[2];
+
+    if (ngx_http_llmsafespace_users_need_pg(r) != NGX_OK) {
+        return ngx_http_llmsafespace_send_error(r, NGX_HTTP_NOT_IMPLEMENTED,
+                     "not_implemented", "users are managed in the keys "
+                     "file: this gateway has no llmsafespace_postgres");
+    }
+
+    limit = ngx_pnalloc(r->pool, 2 * NGX_INT_T_LEN);
+    if (limit == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    offset = limit + NGX_INT_T_LEN;
+
+    if (ngx_http_llmsafespace_page(r, ctx, limit, offset) != NGX_OK) {
+        return ngx_http_llmsafespace_api_reject(r, ctx);
+    }
+
+    values[0] = (const char *) limit;
+    values[1] = (const char *) offset;
+
+    return ngx_http_llmsafespace_api_query(r, ctx,
+                                     ngx_http_llmsafespace_users_list_sql, 2,
+                                     values,
+                                     ngx_http_llmsafespace_users_listed);
+}
+
+
+/* ?limit=N&offset=N, limit 1..1000 (default 100) */
+
+static ngx_int_t
+ngx_http_llmsafespace_page(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, u_char *limit, u_char *offset)
+{
+    ngx_int_t  l, o;
+    ngx_str_t  v;
+
+    l = 100;
+    o = 0;
+
+    if (ngx_http_arg(r, (u_char *) "limit", 5, &v) == NGX_OK) {
+        l = ngx_atoi(v.data, v.len);
+
+        if (l < 1 || l > NGX_HTTP_LLMSAFESPACE_LIST_MAX) {
+            return ngx_http_llmsafespace_api_invalid(r, ctx, 422, "limit",
+                                       "\"limit\" must be 1 to %d",
+                                       NGX_HTTP_LLMSAFESPACE_LIST_MAX);
+        }
+    }
+
+    if (ngx_http_arg(r, (u_char *) "offset", 6, &v) == NGX_OK) {
+        o = ngx_atoi(v.data, v.len);
+
+        if (o < 0 || o > 1000000000) {
+            return ngx_http_llmsafespace_api_invalid(r, ctx, 422, "offset",
+                                       "\"offset\" must be a number "
+                                       "from 0");
+        }
+    }
+
+    *ngx_sprintf(limit, "%i", l) = '\0';
+    *ngx_sprintf(offset, "%i", o) = '\0';
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_llmsafespace_users_listed(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, PGresult *res)
+{
+    int         i;
+    json_t     *list, *json;
+    ngx_int_t   rc;
+
+    list = json_array();
+    if (list == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    for (i = 0; i < PQntuples(res); i++) {
+        if (json_array_append_new(list,
+                                  ngx_http_llmsafespace_user_json(res, i))
+            != 0)
+        {
+            json_decref(list);
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
+    json = json_pack("{s:o}", "users", list);
+    if (json == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rc = ngx_http_llmsafespace_send_json(r, NGX_HTTP_OK, json);
+    json_decref(json);
+
+    return rc;
+}
+
+
+ngx_int_t
+ngx_http_llmsafespace_users_create(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id)
+{
+    u_char                           *p, *user_id, *key_id, *hash;
+    u_char                            random[16];
+    const char                       *name, *role, *values[5];
+    ngx_uint_t                        i;
+    ngx_http_llmsafespace_new_key_t  *key;
+
+    static const char  *fields[] = { "name", "role", NULL };
+
+    if (ngx_http_llmsafespace_users_need_pg(r) != NGX_OK) {
+        return ngx_http_llmsafespace_send_error(r, NGX_HTTP_NOT_IMPLEMENTED,
+                     "not_implemented", "users are managed in the keys "
+                     "file: this gateway has no llmsafespace_postgres");
+    }
+
+    if (ngx_http_llmsafespace_api_only(r, ctx, fields) != NGX_OK
+        || ngx_http_llmsafespace_api_string(r, ctx, "name", 1,
+                                            NGX_HTTP_LLMSAFESPACE_NAME_LEN,
+                                            &name)
+           != NGX_OK
+        || ngx_http_llmsafespace_api_string(r, ctx, "role", 0, 5, &role)
+           != NGX_OK)
+    {
+        return ngx_http_llmsafespace_api_reject(r, ctx);
+    }
+
+    if (ngx_http_llmsafespace_name_valid(name) != NGX_OK) {
+        ngx_http_llmsafespace_api_invalid(r, ctx, 422, "name",
+                                  "\"name\" may hold only letters, digits "
+                                  "and . _ @ -");
+        return ngx_http_llmsafespace_api_reject(r, ctx);
+    }
+
+    if (role == NULL) {
+        role = "user";
+
+    } else if (ngx_strcmp(role, "user") != 0
+               && ngx_strcmp(role, "admin") != 0)
+    {
+        ngx_http_llmsafespace_api_invalid(r, ctx, 422, "role",
+                                          "\"role\" must be \"admin\" or "
+                                          "\"user\"");
+        return ngx_http_llmsafespace_api_reject(r, ctx);
+    }
+
+    key = ngx_pcalloc(r->pool, sizeof(ngx_http_llmsafespace_new_key_t));
+    user_id = ngx_pnalloc(r->pool, NGX_HTTP_LLMSAFESPACE_USER_ID_LEN + 1);
+    key_id = ngx_pnalloc(r->pool, NGX_HTTP_LLMSAFESPACE_KEY_ID_LEN + 1);
+    hash = ngx_pnalloc(r->pool, NGX_HTTP_LLMSAFESPACE_HASH_HEX_LEN + 1);
+
+    if (key == NULL || user_id == NULL || key_id == NULL || hash == NULL
+        || ngx_http_llmsafespace_key_generate(key) != NGX_OK
+        || RAND_bytes(random, sizeof(random)) != 1)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    p = ngx_cpymem(user_id, "usr-", 4);
+
+    for (i = 0; i < sizeof(random); i++) {
+        *p++ = "0123456789abcdefghijklmnopqrstuvwxyz"[random[i] % 36];
+    }
+
+    *p = '\0';
+
+    *ngx_cpymem(key_id, key->key_id, NGX_HTTP_LLMSAFESPACE_KEY_ID_LEN) = '\0';
+    *ngx_cpymem(hash, key->hash_hex, NGX_HTTP_LLMSAFESPACE_HASH_HEX_LEN) =
+                                                                         '\0';
+
+    ctx->new_key = key;
+    ctx->audit_object.data = user_id;
+    ctx->audit_object.len = NGX_HTTP_LLMSAFESPACE_USER_ID_LEN;
+
+    values[0] = (const char *) user_id;
+    values[1] = name;
+    values[2] = role;
+    values[3] = (const char *) key_id;
+    values[4] = (const char *) hash;
+
+    return ngx_http_llmsafespace_api_query(r, ctx,
+                                   ngx_http_llmsafespace_users_create_sql, 5,
+                                   values,
+                                   ngx_http_llmsafespace_users_created);
+}
+
+
+static ngx_int_t
+ngx_http_llmsafespace_users_created(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, PGresult *res)
+{
+    json_t     *json;
+    ngx_int_t   rc;
+
+    if (PQntuples(res) != 1) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    json = json_pack("{s:o, s:{s:o, s:o, s:s%, s:o}}",
+                     "user", ngx_http_llmsafespace_user_json(res, 0),
+                     "apiKey",
+                     "id", ngx_http_llmsafespace_value(res, 0, 4),
+                     "name", ngx_http_llmsafespace_value(res, 0, 5),
+                     "key", ctx->new_key->key,
+                     (size_t) NGX_HTTP_LLMSAFESPACE_KEY_LEN,
+                     "createdAt", ngx_http_llmsafespace_value(res, 0, 6));
+    if (json == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rc = ngx_http_llmsafespace_send_json(r, NGX_HTTP_CREATED, json);
+    json_decref(json);
+
+    return rc;
+}
+
+
+ngx_int_t
+ngx_http_llmsafespace_users_get(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id)
+{
+    u_char      *user;
+    const char  *values[1];
+
+    if (ngx_http_llmsafespace_users_need_pg(r) != NGX_OK) {
+        return ngx_http_llmsafespace_send_error(r, NGX_HTTP_NOT_IMPLEMENTED,
+                     "not_implemented", "users are managed in the keys "
+                     "file: this gateway has no llmsafespace_postgres");
+    }
+
+    ctx->audit_object = *id;
+
+    user = ngx_pnalloc(r->pool, id->len + 1);
+    if (user == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    *ngx_cpymem(user, id->data, id->len) = '\0';
+    values[0] = (const char *) user;
+
+    return ngx_http_llmsafespace_api_query(r, ctx,
+                                     ngx_http_llmsafespace_users_get_sql, 1,
+                                     values,
+                                     ngx_http_llmsafespace_users_got);
+}
+
+
+static ngx_int_t
+ngx_http_llmsafespace_users_got(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, PGresult *res)
+{
+    json_t     *json;
+    ngx_int_t   rc;
+
+    if (PQntuples(res) != 1) {
+        return ngx_http_llmsafespace_send_error(r, NGX_HTTP_NOT_FOUND,
+                                                "not_found",
+                                                "user %V not found",
+                                                &ctx->audit_object);
+    }
+
+    json = ngx_http_llmsafespace_user_json(res, 0);
+    if (json == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rc = ngx_http_llmsafespace_send_json(r, NGX_HTTP_OK, json);
+    json_decref(json);
+
+    return rc;
+}
+
+
+ngx_int_t
+ngx_http_llmsafespace_users_delete(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id)
+{
+    u_char      *user;
+    const char  *values[1];
+
+    if (ngx_http_llmsafespace_users_need_pg(r) != NGX_OK) {
+        return ngx_http_llmsafespace_send_error(r, NGX_HTTP_NOT_IMPLEMENTED,
+                     "not_implemented", "users are managed in the keys "
+                     "file: this gateway has no llmsafespace_postgres");
+    }
+
+    ctx->audit_object = *id;
+
+    if (id->len == ctx->identity.user_id.len
+        && ngx_strncmp(id->data, ctx->identity.user_id.data, id->len) == 0)
+    {
+        return ngx_http_llmsafespace_send_error(r, NGX_HTTP_CONFLICT,
+                                                "conflict",
+                                                "an admin cannot delete "
+                                                "their own user");
+    }
+
+    user = ngx_pnalloc(r->pool, id->len + 1);
+    if (user == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    *ngx_cpymem(user, id->data, id->len) = '\0';
+    values[0] = (const char *) user;
+
+    return ngx_http_llmsafespace_api_query(r, ctx,
+                                   ngx_http_llmsafespace_users_delete_sql, 1,
+                                   values,
+                                   ngx_http_llmsafespace_users_deleted);
+}
+
+
+static ngx_int_t
+ngx_http_llmsafespace_users_deleted(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, PGresult *res)
+{
+    int         i, revoked;
+    json_t     *json;
+    ngx_int_t   rc;
+    ngx_str_t   key_id;
+
+    if (PQntuples(res) == 0) {
+        return ngx_http_llmsafespace_send_error(r, NGX_HTTP_NOT_FOUND,
+                                                "not_found",
+                                                "user %V not found",
+                                                &ctx->audit_object);
+    }
+
+    revoked = 0;
+
+    for (i = 0; i < PQntuples(res); i++) {
+        if (PQgetisnull(res, i, 1)) {
+            continue;
+        }
+
+        key_id.data = (u_char *) PQgetvalue(res, i, 1);
+        key_id.len = PQgetlength(res, i, 1);
+
+        ngx_http_llmsafespace_key_revoked(&key_id);
+        revoked++;
+    }
+
+    json = json_pack("{s:s%, s:b, s:i}",
+                     "id", ctx->audit_object.data, ctx->audit_object.len,
+                     "deleted", 1, "revokedKeys", revoked);
+    if (json == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rc = ngx_http_llmsafespace_send_json(r, NGX_HTTP_OK, json);
+    json_decref(json);
+
+    return rc;
+}
+
+
+static ngx_int_t
+ngx_http_llmsafespace_users_need_pg(ngx_http_request_t *r)
+{
+    ngx_http_llmsafespace_main_conf_t  *lmcf;
+
+    lmcf = ngx_http_get_module_main_conf(r, ngx_http_llmsafespace_module);
+
+    return lmcf->pg.conninfo.len ? NGX_OK : NGX_ABORT;
+}
+
+
+static json_t *
+ngx_http_llmsafespace_value(PGresult *res, int row, int col)
+{
+    if (PQgetisnull(res, row, col)) {
+        return json_null();
+    }
+
+    return json_stringn(PQgetvalue(res, row, col),
+                        PQgetlength(res, row, col));
+}
+
+
+/* id, name, created, last used, revoked */
+
+static json_t *
+ngx_http_llmsafespace_key_json(PGresult *res, int row)
+{
+    return json_pack("{s:o, s:o, s:o, s:o, s:o}",
+                     "id", ngx_http_llmsafespace_value(res, row, 0),
+                     "name", ngx_http_llmsafespace_value(res, row, 1),
+                     "createdAt", ngx_http_llmsafespace_value(res, row, 2),
+                     "lastUsedAt", ngx_http_llmsafespace_value(res, row, 3),
+                     "revokedAt", ngx_http_llmsafespace_value(res, row, 4));
+}
+
+
+/* id, name, role, created */
+
+static json_t *
+ngx_http_llmsafespace_user_json(PGresult *res, int row)
+{
+    return json_pack("{s:o, s:o, s:o, s:o}",
+                     "id", ngx_http_llmsafespace_value(res, row, 0),
+                     "name", ngx_http_llmsafespace_value(res, row, 1),
+                     "role", ngx_http_llmsafespace_value(res, row, 2),
+                     "createdAt", ngx_http_llmsafespace_value(res, row, 3));
+}
+
+
+static ngx_int_t
+ngx_http_llmsafespace_name_valid(const char *name)
+{
+    const u_char  *p;
+
+    for (p = (const u_char *) name; *p; p++) {
+        if (!(isalnum(*p) || *p == '.' || *p == '_' || *p == '@'
+              || *p == '-'))
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
