@@ -39,6 +39,24 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
+mounted=
+tmp=
+
+# Never remove a tree with the package cache still bound inside it.
+cleanup() {
+    if [ -n "$mounted" ]; then
+        umount "$mounted" || umount -l "$mounted" || exit 1
+    fi
+    if [ -n "$tmp" ]; then
+        rm -rf "$tmp" "$tmp.log"
+    fi
+}
+
+# Quiet unless it fails: then the end of the log says why.
+run() {
+    "$@" >>"$tmp.log" 2>&1 || { tail -25 "$tmp.log" >&2; exit 1; }
+}
+
 strip_comments() {
     sed -e 's/#.*//' "$@" | tr -s ' \t\n' '\n' | grep -v '^$' || true
 }
@@ -50,7 +68,7 @@ else
     rdeps=$(echo "$default_runner_deps" | tr -s ' \n' '\n')
 fi
 all=$(printf '%s\n%s\n' "$pkgs" "$rdeps" | grep -v '^$' | sort -u)
-include=$(echo "$all" | tr '\n' ',' | sed -e 's/,$//')
+shown=$(echo "$all" | tr "\n" " ")
 
 key=$( (echo "$mirror $suite"; echo "$all"; cat "$0") | sha256sum \
        | cut -c1-16)
@@ -62,16 +80,28 @@ mkdir -p "$out"
 if [ -d "$root" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$key" ]; then
     echo "mkrootfs: $name: cached ($key)"
 else
-    echo "mkrootfs: $name: debootstrap $suite ($key): $include"
+    echo "mkrootfs: $name: debootstrap $suite ($key): $shown"
     tmp=$out/.tmp.$name.$$
-    debs=$out/.debs
+    debs=$(realpath "$out")/.debs
     rm -rf "$tmp"
-    mkdir -p "$debs"
-    trap 'rm -rf "$tmp"' EXIT INT TERM
+    mkdir -p "$debs" "$tmp"
+    trap 'cleanup' EXIT INT TERM
 
-    debootstrap --variant=minbase --cache-dir="$(realpath "$debs")" \
-        --include="$include" "$suite" "$tmp" "$mirror" >"$tmp.log" 2>&1 \
-        || { tail -20 "$tmp.log" >&2; rm -f "$tmp.log"; exit 1; }
+    # debootstrap lays down minbase only; apt, inside the new tree, then
+    # installs the runtime's packages.  debootstrap's own resolver does
+    # not follow virtual packages (Provides), which npm's dependencies
+    # need; apt does, and it is what the Dockerfiles use, so both builds
+    # resolve the same way.
+    run debootstrap --variant=minbase --cache-dir="$debs" "$suite" "$tmp" \
+        "$mirror"
+    mkdir -p "$tmp/var/cache/apt/archives"
+    mount --bind "$debs" "$tmp/var/cache/apt/archives"
+    mounted=$tmp/var/cache/apt/archives
+    run chroot "$tmp" apt-get update
+    run chroot "$tmp" env DEBIAN_FRONTEND=noninteractive apt-get install \
+        -y --no-install-recommends $(echo "$all" | tr '\n' ' ')
+    umount "$mounted"
+    mounted=
     rm -f "$tmp.log"
 
     # The sandbox user executions run as (the runner's --exec-uid).
