@@ -46,6 +46,13 @@ char *ngx_http_llmsafespace_limit(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 
 /*
+ * From the main conf's init: fails when a zone named by llmsafespace_limit
+ * was never defined by llmsafespace_limit_zone (names both).
+ */
+char *ngx_http_llmsafespace_limit_init_main_conf(ngx_conf_t *cf,
+    void *lmcf);
+
+/*
  * Checks and consumes one request of the request's key in the zone of its
  * route class (ctx->route_class, ctx->identity.key_id).
  *   NGX_DECLINED: no zone for this class;
