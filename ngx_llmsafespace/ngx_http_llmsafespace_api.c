@@ -292,10 +292,10 @@ ngx_http_llmsafespace_api_dispatch(ngx_http_request_t *r,
         h->hash = 1;
         ngx_str_set(&h->key, "Allow");
         h->value.len = p - allow;
-        h->value.data = ngx_pstrdup(r->pool, &h->value);
+        h->value.data = ngx_pnalloc(r->pool, h->value.len);
 
         if (h->value.data == NULL) {
-            h->value.data = allow;
+            h->hash = 0;
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
