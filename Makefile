@@ -46,7 +46,8 @@ $(NGX_BUILD)/Makefile: config $(SRC_LIST)
 
 $(MODULE): $(NGX_BUILD)/Makefile $(MODULE_SRC)
 	$(MAKE) -C $(NGX_BUILD) -f objs/Makefile modules
-	cp $(NGX_BUILD)/objs/ngx_http_llmsafespace_module.so $@
+	@# a new inode: a running nginx keeps the old mapping intact
+	cp $(NGX_BUILD)/objs/ngx_http_llmsafespace_module.so $@.tmp && mv -f $@.tmp $@
 
 module: $(MODULE)
 
