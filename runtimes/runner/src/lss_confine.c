@@ -1,0 +1,278 @@
+/*
+ * Confinement of one worker, run in the forked worker as root before any
+ * code of the execution: own session, stdio on the execution's pipes, no
+ * inherited descriptors, rlimits, the exec uid/gid with no supplementary
+ * groups, no_new_privs, parent-death signal and a seccomp filter.  The
+ * same C runs for Python workers (after a fork of the zygote) and for
+ * exec'd programs, so there is one place to audit.
+ */
+
+#include "lss_zygote.h"
+#include "lss_proto.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <linux/close_range.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <seccomp.h>
+#include <sched.h>
+
+
+static int lss_seccomp_load(void);
+static int lss_rlimit(int res, json_t *lim, const char *key);
+
+
+void
+lss_die(const char *what)
+{
+    char  buf[256];
+    int   n;
+
+    n = snprintf(buf, sizeof(buf), "llmsafespace: %s: %s\n", what,
+                 strerror(errno));
+    if (n > 0) {
+        (void) !write(2, buf, (size_t) n);
+    }
+    _exit(126);
+}
+
+
+int
+lss_confine(json_t *req, int *fds)
+{
+    int          sig, extra;
+    uid_t        uid;
+    gid_t        gid;
+    json_t      *lim;
+    sigset_t     all;
+    const char  *cwd;
+
+    /* the zygote blocks SIGCHLD and may ignore others: start clean */
+    for (sig = 1; sig < NSIG; sig++) {
+        signal(sig, SIG_DFL);
+    }
+    sigemptyset(&all);
+    sigprocmask(SIG_SETMASK, &all, NULL);
+
+    /* own session and process group, no controlling terminal (TIOCSTI) */
+    if (setsid() < 0) {
+        lss_die("setsid");
+    }
+
+    if (dup2(fds[LSS_FD_STDIN], 0) < 0
+        || dup2(fds[LSS_FD_STDOUT], 1) < 0
+        || dup2(fds[LSS_FD_STDERR], 2) < 0)
+    {
+        lss_die("dup2");
+    }
+
+    extra = 3;
+    if (fds[LSS_FD_EXTRA] >= 0) {
+        if (fds[LSS_FD_EXTRA] != 3 && dup2(fds[LSS_FD_EXTRA], 3) < 0) {
+            lss_die("dup2");
+        }
+        extra = 4;
+    }
+
+    /* nothing of the zygote or the runner may leak (runc CVE-2024-21626) */
+    if (syscall(SYS_close_range, extra, ~0U, 0) < 0) {
+        lss_die("close_range");
+    }
+
+    lim = json_object_get(req, "limits");
+    if (lss_rlimit(RLIMIT_CPU, lim, "cpu") != 0
+        || lss_rlimit(RLIMIT_DATA, lim, "data") != 0
+        || lss_rlimit(RLIMIT_NOFILE, lim, "nofile") != 0
+        || lss_rlimit(RLIMIT_NPROC, lim, "nproc") != 0
+        || lss_rlimit(RLIMIT_FSIZE, lim, "fsize") != 0
+        || lss_rlimit(RLIMIT_CORE, NULL, NULL) != 0)
+    {
+        lss_die("setrlimit");
+    }
+
+    uid = (uid_t) json_integer_value(json_object_get(req, "uid"));
+    gid = (gid_t) json_integer_value(json_object_get(req, "gid"));
+    if (uid == 0 || gid == 0) {
+        errno = EPERM;
+        lss_die("refusing to run as root");
+    }
+
+    if (setgroups(0, NULL) != 0
+        || setresgid(gid, gid, gid) != 0
+        || setresuid(uid, uid, uid) != 0)
+    {
+        lss_die("dropping privileges");
+    }
+
+    cwd = json_string_value(json_object_get(req, "cwd"));
+    if (cwd != NULL && chdir(cwd) != 0) {
+        lss_die("workingDir");
+    }
+
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
+        lss_die("no_new_privs");
+    }
+
+    /* cleared by the credential change above, so set it after */
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) {
+        lss_die("pdeathsig");
+    }
+
+    if (lss_seccomp_load() != 0) {
+        lss_die("seccomp");
+    }
+
+    return 0;
+}
+
+
+static int
+lss_rlimit(int res, json_t *lim, const char *key)
+{
+    json_t         *v;
+    struct rlimit   rl;
+
+    if (lim == NULL) {
+        rl.rlim_cur = 0;
+        rl.rlim_max = 0;
+        return setrlimit(res, &rl);
+    }
+
+    v = json_object_get(lim, key);
+    if (!json_is_integer(v) || json_integer_value(v) <= 0) {
+        return 0;
+    }
+
+    rl.rlim_cur = (rlim_t) json_integer_value(v);
+    rl.rlim_max = rl.rlim_cur;
+
+    if (res == RLIMIT_CPU) {
+        /* SIGXCPU first, then SIGKILL a second later */
+        rl.rlim_max = rl.rlim_cur + 1;
+    }
+
+    return setrlimit(res, &rl);
+}
+
+
+/*
+ * A deny list on top of a default-allow policy: the container runtime's
+ * own profile is the allow list; this filter removes what executed code
+ * must never have even where that profile is absent (host tests, runsc).
+ */
+static int
+lss_seccomp_load(void)
+{
+    int              rc;
+    size_t           i;
+    scmp_filter_ctx  ctx;
+
+    static const int  denied[] = {
+        SCMP_SYS(ptrace), SCMP_SYS(process_vm_readv),
+        SCMP_SYS(process_vm_writev), SCMP_SYS(mount), SCMP_SYS(umount2),
+        SCMP_SYS(pivot_root), SCMP_SYS(unshare), SCMP_SYS(setns),
+        SCMP_SYS(keyctl), SCMP_SYS(add_key), SCMP_SYS(request_key),
+        SCMP_SYS(bpf), SCMP_SYS(perf_event_open), SCMP_SYS(userfaultfd),
+        SCMP_SYS(io_uring_setup), SCMP_SYS(io_uring_enter),
+        SCMP_SYS(io_uring_register), SCMP_SYS(kexec_load),
+        SCMP_SYS(kexec_file_load), SCMP_SYS(init_module),
+        SCMP_SYS(finit_module), SCMP_SYS(delete_module),
+        SCMP_SYS(open_by_handle_at), SCMP_SYS(name_to_handle_at),
+        SCMP_SYS(fsopen), SCMP_SYS(fsmount), SCMP_SYS(fsconfig),
+        SCMP_SYS(move_mount), SCMP_SYS(open_tree), SCMP_SYS(fspick),
+        SCMP_SYS(swapon), SCMP_SYS(swapoff), SCMP_SYS(reboot),
+        SCMP_SYS(acct), SCMP_SYS(lookup_dcookie), SCMP_SYS(vhangup),
+        SCMP_SYS(personality), SCMP_SYS(kcmp), SCMP_SYS(quotactl),
+        SCMP_SYS(pidfd_getfd), SCMP_SYS(mount_setattr),
+        SCMP_SYS(chroot)
+    };
+
+    ctx = seccomp_init(SCMP_ACT_ALLOW);
+    if (ctx == NULL) {
+        return -1;
+    }
+
+    rc = 0;
+
+    for (i = 0; i < sizeof(denied) / sizeof(denied[0]); i++) {
+        rc |= seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), denied[i], 0);
+    }
+
+    /* glibc falls back to clone(2) on ENOSYS; clone3 flags are in memory */
+    rc |= seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(clone3), 0);
+
+    rc |= seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), SCMP_SYS(clone), 1,
+                           SCMP_A0(SCMP_CMP_MASKED_EQ, CLONE_NEWUSER,
+                                   CLONE_NEWUSER));
+    rc |= seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), SCMP_SYS(clone), 1,
+                           SCMP_A0(SCMP_CMP_MASKED_EQ, CLONE_NEWNS,
+                                   CLONE_NEWNS));
+    rc |= seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), SCMP_SYS(clone), 1,
+                           SCMP_A0(SCMP_CMP_MASKED_EQ, CLONE_NEWNET,
+                                   CLONE_NEWNET));
+    rc |= seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), SCMP_SYS(clone), 1,
+                           SCMP_A0(SCMP_CMP_MASKED_EQ, CLONE_NEWPID,
+                                   CLONE_NEWPID));
+
+    rc |= seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EAFNOSUPPORT),
+                           SCMP_SYS(socket), 1,
+                           SCMP_A0(SCMP_CMP_EQ, AF_VSOCK));
+    rc |= seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EAFNOSUPPORT),
+                           SCMP_SYS(socket), 1,
+                           SCMP_A0(SCMP_CMP_EQ, AF_PACKET));
+    rc |= seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM),
+                           SCMP_SYS(socket), 1,
+                           SCMP_A1(SCMP_CMP_MASKED_EQ, 0xf, SOCK_RAW));
+    rc |= seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EAFNOSUPPORT),
+                           SCMP_SYS(socketpair), 1,
+                           SCMP_A0(SCMP_CMP_EQ, AF_VSOCK));
+
+    /* bubblewrap CVE-2017-5226: no typing into anyone's terminal */
+    rc |= seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), SCMP_SYS(ioctl), 1,
+                           SCMP_A1(SCMP_CMP_MASKED_EQ, 0xffffffffu,
+                                   TIOCSTI));
+
+    if (rc != 0) {
+        seccomp_release(ctx);
+        errno = EINVAL;
+        return -1;
+    }
+
+    rc = seccomp_load(ctx);
+    seccomp_release(ctx);
+
+    return rc == 0 ? 0 : -1;
+}
+
+
+char **
+lss_env_build(json_t *req)
+{
+    size_t   i, n;
+    json_t  *env, *v;
+    char   **envp;
+
+    env = json_object_get(req, "env");
+    n = json_array_size(env);
+
+    envp = calloc(n + 1, sizeof(char *));
+    if (envp == NULL) {
+        return NULL;
+    }
+
+    json_array_foreach(env, i, v) {
+        envp[i] = (char *) json_string_value(v);
+    }
+
+    return envp;
+}

@@ -1,0 +1,45 @@
+/*
+ * The private protocol between the runner and its zygotes.
+ *
+ * A request is one SOCK_SEQPACKET message on the zygote socket that
+ * carries only file descriptors (SCM_RIGHTS): a sealed memfd holding the
+ * request as JSON, then the execution's stdin, stdout and stderr, the
+ * control socket of the execution and an optional extra descriptor that
+ * becomes fd 3 of the worker.  Passing the request in a memfd keeps the
+ * message small whatever the size of the code.
+ *
+ * The shepherd of an execution answers on the control socket with one
+ * lss_result_t once the worker and every descendant are dead.  Any byte
+ * (or EOF) the runner sends on the control socket means "kill now".
+ */
+
+#ifndef LSS_PROTO_H
+#define LSS_PROTO_H
+
+#include <stdint.h>
+
+#define LSS_FD_REQ      0
+#define LSS_FD_STDIN    1
+#define LSS_FD_STDOUT   2
+#define LSS_FD_STDERR   3
+#define LSS_FD_CTL      4
+#define LSS_FD_EXTRA    5
+#define LSS_FD_MAX      6
+
+#define LSS_RESULT_EXITED    1
+#define LSS_RESULT_SIGNALED  2
+#define LSS_RESULT_FAILED    3
+
+typedef struct {
+    int32_t   kind;
+    int32_t   code;
+    int64_t   cpu_us;
+    int64_t   maxrss_kb;
+} lss_result_t;
+
+/* the reply of a context after each execution: its exit code */
+typedef struct {
+    int32_t   code;
+} lss_ctx_reply_t;
+
+#endif /* LSS_PROTO_H */

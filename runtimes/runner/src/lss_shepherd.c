@@ -1,0 +1,324 @@
+/*
+ * The shepherd: a root process forked by the zygote for each execution.
+ * It is a child subreaper, so every process the execution creates stays
+ * below it whatever it does (double fork, setsid, SIGTERM ignored).  At
+ * the end of the execution, or when the runner says so, it kills the
+ * whole tree and reaps it before reporting; the runner therefore never
+ * sees a completion while a descendant could still write output.
+ *
+ * No packaged library tracks a process tree without cgroups or pid
+ * namespaces, which a runc container does not give to its payload; the
+ * /proc walk below is written by hand for that reason.
+ */
+
+#include "lss_zygote.h"
+#include "lss_proto.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+
+#define LSS_MAX_PROCS   65536
+#define LSS_KILL_ROUNDS 5000
+
+
+static int lss_kill_descendants(void);
+static void lss_reap(pid_t worker, int *wstatus, struct rusage *ru,
+    int *done);
+
+
+void
+lss_shepherd(json_t *req, int *fds, int python)
+{
+    int              sfd, wstatus, done, killed, ctl;
+
+    char             buf[64];
+    pid_t            pid;
+    sigset_t         set;
+    lss_result_t     res;
+    struct pollfd    pfd[2];
+    struct rusage    ru;
+    struct signalfd_siginfo  si;
+
+    ctl = fds[LSS_FD_CTL];
+
+    prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    prctl(PR_SET_NAME, "lss-shepherd", 0, 0, 0);
+
+    sigemptyset(&set);
+    sigaddset(&set, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &set, NULL);
+
+    sfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+    if (sfd < 0) {
+        _exit(1);
+    }
+
+    pid = fork();
+
+    if (pid < 0) {
+        memset(&res, 0, sizeof(res));
+        res.kind = LSS_RESULT_FAILED;
+        res.code = errno;
+        (void) !send(ctl, &res, sizeof(res), MSG_NOSIGNAL);
+        _exit(1);
+    }
+
+    if (pid == 0) {
+        close(sfd);
+        close(ctl);
+        fds[LSS_FD_CTL] = -1;
+
+        if (python) {
+            if (json_object_get(req, "context") != NULL) {
+                lss_py_context(req, fds);
+            }
+            lss_py_run(req, fds);
+        }
+
+        lss_confine(req, fds);
+        {
+            char  **argv, **envp;
+            size_t  i, n;
+            json_t *a;
+
+            a = json_object_get(req, "argv");
+            n = json_array_size(a);
+            argv = calloc(n + 1, sizeof(char *));
+            envp = lss_env_build(req);
+            if (argv == NULL || envp == NULL || n == 0) {
+                lss_die("argv");
+            }
+            for (i = 0; i < n; i++) {
+                argv[i] = (char *) json_string_value(json_array_get(a, i));
+            }
+            environ = envp;
+            execvp(argv[0], argv);
+            if (errno == ENOENT) {
+                fprintf(stderr, "llmsafespace: %s: command not found\n",
+                        argv[0]);
+                _exit(127);
+            }
+            lss_die(argv[0]);
+        }
+    }
+
+    /* the shepherd keeps none of the execution's pipes */
+    close(fds[LSS_FD_STDIN]);
+    close(fds[LSS_FD_STDOUT]);
+    close(fds[LSS_FD_STDERR]);
+    if (fds[LSS_FD_EXTRA] >= 0) {
+        close(fds[LSS_FD_EXTRA]);
+    }
+
+    done = 0;
+    killed = 0;
+    wstatus = 0;
+    memset(&ru, 0, sizeof(ru));
+
+    pfd[0].fd = ctl;
+    pfd[0].events = POLLIN;
+    pfd[1].fd = sfd;
+    pfd[1].events = POLLIN;
+
+    while (!done) {
+        if (poll(pfd, 2, -1) < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            break;
+        }
+
+        if (pfd[1].revents & POLLIN) {
+            while (read(sfd, &si, sizeof(si)) == sizeof(si)) {
+                /* drain */
+            }
+            lss_reap(pid, &wstatus, &ru, &done);
+        }
+
+        if (!killed && (pfd[0].revents & (POLLIN | POLLHUP | POLLERR))) {
+            (void) !recv(ctl, buf, sizeof(buf), MSG_DONTWAIT);
+            killed = 1;
+            kill(pid, SIGKILL);
+            while (wait4(pid, &wstatus, 0, &ru) < 0 && errno == EINTR) {
+                /* retry */
+            }
+            done = 1;
+        }
+    }
+
+    /* whatever the worker left behind dies with it */
+    lss_kill_descendants();
+
+    memset(&res, 0, sizeof(res));
+    if (WIFSIGNALED(wstatus)) {
+        res.kind = LSS_RESULT_SIGNALED;
+        res.code = WTERMSIG(wstatus);
+    } else {
+        res.kind = LSS_RESULT_EXITED;
+        res.code = WEXITSTATUS(wstatus);
+    }
+    res.cpu_us = (int64_t) ru.ru_utime.tv_sec * 1000000 + ru.ru_utime.tv_usec
+                 + (int64_t) ru.ru_stime.tv_sec * 1000000
+                 + ru.ru_stime.tv_usec;
+    res.maxrss_kb = ru.ru_maxrss;
+
+    (void) !send(ctl, &res, sizeof(res), MSG_NOSIGNAL);
+    _exit(0);
+}
+
+
+static void
+lss_reap(pid_t worker, int *wstatus, struct rusage *ru, int *done)
+{
+    int            st;
+    pid_t          p;
+    struct rusage  r;
+
+    for ( ;; ) {
+        p = wait4(-1, &st, WNOHANG, &r);
+        if (p <= 0) {
+            if (p < 0 && errno == ECHILD) {
+                *done = 1;
+            }
+            return;
+        }
+
+        if (p == worker) {
+            *wstatus = st;
+            *ru = r;
+            *done = 1;
+        }
+    }
+}
+
+
+/*
+ * Kill every process below us and reap it.  Processes forked while we
+ * scan are children of processes we kill, so they are re-parented to us
+ * and found by the next round; RLIMIT_NPROC bounds how many there are.
+ */
+static int
+lss_kill_descendants(void)
+{
+    int             round, n, i, changed, found;
+    char            path[300], buf[512], *p;
+    pid_t          *pids, *ppids, self;
+    u_char         *mark;
+    FILE           *f;
+    DIR            *d;
+    struct dirent  *de;
+    struct timespec ts;
+
+    self = getpid();
+
+    pids = malloc(LSS_MAX_PROCS * sizeof(pid_t));
+    ppids = malloc(LSS_MAX_PROCS * sizeof(pid_t));
+    mark = malloc(LSS_MAX_PROCS);
+    if (pids == NULL || ppids == NULL || mark == NULL) {
+        free(pids);
+        free(ppids);
+        free(mark);
+        return -1;
+    }
+
+    for (round = 0; round < LSS_KILL_ROUNDS; round++) {
+        while (waitpid(-1, NULL, WNOHANG) > 0) {
+            /* reap */
+        }
+
+        d = opendir("/proc");
+        if (d == NULL) {
+            break;
+        }
+
+        n = 0;
+        while ((de = readdir(d)) != NULL && n < LSS_MAX_PROCS) {
+            if (de->d_name[0] < '1' || de->d_name[0] > '9') {
+                continue;
+            }
+
+            snprintf(path, sizeof(path), "/proc/%s/stat", de->d_name);
+            f = fopen(path, "re");
+            if (f == NULL) {
+                continue;
+            }
+            if (fgets(buf, sizeof(buf), f) == NULL) {
+                fclose(f);
+                continue;
+            }
+            fclose(f);
+
+            /* comm may hold spaces and parentheses: skip to the last ')' */
+            p = strrchr(buf, ')');
+            if (p == NULL || p[1] == '\0' || p[2] == '\0') {
+                continue;
+            }
+            pids[n] = atoi(de->d_name);
+            ppids[n] = (pid_t) strtol(p + 4, NULL, 10);
+            mark[n] = 0;
+            n++;
+        }
+        closedir(d);
+
+        do {
+            changed = 0;
+            for (i = 0; i < n; i++) {
+                if (mark[i]) {
+                    continue;
+                }
+                if (ppids[i] == self) {
+                    mark[i] = 1;
+                    changed = 1;
+                    continue;
+                }
+                for (found = 0; found < n; found++) {
+                    if (mark[found] && pids[found] == ppids[i]) {
+                        mark[i] = 1;
+                        changed = 1;
+                        break;
+                    }
+                }
+            }
+        } while (changed);
+
+        found = 0;
+        for (i = 0; i < n; i++) {
+            if (mark[i]) {
+                kill(pids[i], SIGKILL);
+                found++;
+            }
+        }
+
+        while (waitpid(-1, NULL, WNOHANG) > 0) {
+            /* reap */
+        }
+
+        if (found == 0) {
+            if (waitpid(-1, NULL, WNOHANG) < 0 && errno == ECHILD) {
+                break;
+            }
+        }
+
+        ts.tv_sec = 0;
+        ts.tv_nsec = 200000;
+        nanosleep(&ts, NULL);
+    }
+
+    free(pids);
+    free(ppids);
+    free(mark);
+
+    return 0;
+}

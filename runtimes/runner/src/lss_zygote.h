@@ -1,0 +1,32 @@
+/*
+ * The zygote side: a small root process that forks one shepherd per
+ * execution; the shepherd forks the worker that confines itself and runs
+ * the code.
+ */
+
+#ifndef LSS_ZYGOTE_H
+#define LSS_ZYGOTE_H
+
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <sys/types.h>
+#include <jansson.h>
+
+/* lss_confine.c */
+int lss_confine(json_t *req, int *fds);
+char **lss_env_build(json_t *req);
+
+/* lss_shepherd.c */
+void lss_shepherd(json_t *req, int *fds, int python)
+    __attribute__((noreturn));
+
+/* lss_python.c */
+int lss_py_init(const char *packages, char **scripts, int nscripts);
+void lss_py_run(json_t *req, int *fds) __attribute__((noreturn));
+void lss_py_context(json_t *req, int *fds) __attribute__((noreturn));
+
+/* worker failure before user code ran */
+void lss_die(const char *what) __attribute__((noreturn));
+
+#endif /* LSS_ZYGOTE_H */
