@@ -21,7 +21,7 @@
 #include <sys/socket.h>
 #include <wslay/wslay.h>
 
-#define LSS_WS_GUID       "258EAFA5-E914-47DA-95CA-C5AB0DC11B65"
+#define LSS_WS_GUID       "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 #define LSS_WS_QUEUE_MAX  (4 * 1024 * 1024)
 
 typedef struct lss_ws_s  lss_ws_t;
@@ -127,7 +127,7 @@ static void
 lss_ws_output_send(lss_ws_exec_t *we, int s, const u_char *p, size_t n)
 {
     lss_ws_send(we->ws,
-                json_pack("{sssssosI}", "type", "output",
+                json_pack("{sssssssosI}", "type", "output",
                           "executionId", we->ex->id,
                           "stream", s == 0 ? "stdout" : "stderr",
                           "content", lss_utf8_json(p, n),
