@@ -86,5 +86,16 @@ test-runtimes:
 bench: $(MODULE)
 	bench/run.sh
 
+# the local stack under run/ (LSS_PORT, LSS_DETACH=1); `make stop` ends it
+run: deps $(MODULE)
+	tools/run.sh
+
+stop:
+	tools/run.sh stop
+
+# a new admin key on the running local stack's database
+admin-key:
+	tools/llmsafespace-admin init --db "host=$(TOP)/run/pg user=postgres dbname=llmsafespace" --force-new-key
+
 clean:
 	rm -rf $(BUILD)
