@@ -325,6 +325,44 @@ lss_files_handle(struct MHD_Connection *c, lss_req_t *r, const char *method,
 }
 
 
+static int
+lss_upload_refuse(lss_req_t *r, unsigned status, const char *code,
+    const char *message, const char *field)
+{
+    r->err_status = status;
+    r->err_code = code;
+    r->err_message = message;
+    r->err_field = field;
+
+    return -1;
+}
+
+
+static int
+lss_upload_refuse_errno(lss_req_t *r, int err)
+{
+    switch (err) {
+    case ENOENT:
+        return lss_upload_refuse(r, 404, "not_found", "no such directory",
+                                 "path");
+    case ELOOP:
+    case EXDEV:
+        return lss_upload_refuse(r, 400, "bad_request",
+                                 "symbolic links are not followed", "path");
+    case ENOTDIR:
+        return lss_upload_refuse(r, 400, "bad_request", "not a directory",
+                                 "path");
+    case EACCES:
+    case EPERM:
+        return lss_upload_refuse(r, 403, "forbidden", "permission denied",
+                                 "path");
+    default:
+        return lss_upload_refuse(r, 500, "internal", "cannot create file",
+                                 NULL);
+    }
+}
+
+
 int
 lss_upload_begin(struct MHD_Connection *c, lss_req_t *r, const char *path)
 {
@@ -336,15 +374,15 @@ lss_upload_begin(struct MHD_Connection *c, lss_req_t *r, const char *path)
     if (lss_path_clean(path, 1, rel, sizeof(rel)) != 0
         || strcmp(rel, ".") == 0)
     {
-        lss_http_error(c, r, 400, "bad_request", "invalid path", "path");
-        return -1;
+        return lss_upload_refuse(r, 400, "bad_request", "invalid path",
+                                 "path");
     }
 
     cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
     if (cl != NULL && strtoull(cl, NULL, 10) > lss_conf.max_upload) {
         lss_http_error(c, r, 413, "payload_too_large",
                        "upload larger than the limit", NULL);
-        return -1;
+        return -2;
     }
 
     if (getrandom(rnd, sizeof(rnd), 0) != sizeof(rnd)) {
@@ -369,15 +407,13 @@ lss_upload_begin(struct MHD_Connection *c, lss_req_t *r, const char *path)
             close(r->up_dir);
             r->up_dir = -1;
         }
-        lss_errno_response(c, r, err);
-        return -1;
+        return lss_upload_refuse_errno(r, err);
     }
 
     r->up_name = strdup(name);
     if (r->up_name == NULL) {
         lss_upload_abort(r);
-        lss_http_error(c, r, 500, "internal", "out of memory", NULL);
-        return -1;
+        return lss_upload_refuse(r, 500, "internal", "out of memory", NULL);
     }
 
     return 0;

@@ -224,8 +224,14 @@ lss_handler(void *cls, struct MHD_Connection *c, const char *url,
 
         if (strcmp(method, "PUT") == 0 && strncmp(url, "/files/", 7) == 0) {
             r->route = LSS_ROUTE_UPLOAD;
-            if (lss_upload_begin(c, r, url + 7) != 0) {
-                /* begin queued the error response */
+            switch (lss_upload_begin(c, r, url + 7)) {
+            case 0:
+                break;
+            case -1:
+                r->route = LSS_ROUTE_DISCARD;
+                break;
+            default:
+                /* declared too large: answered now, the body is not read */
                 r->route = LSS_ROUTE_OTHER;
             }
             return MHD_YES;
@@ -242,6 +248,18 @@ lss_handler(void *cls, struct MHD_Connection *c, const char *url,
             r->route = LSS_ROUTE_OTHER;
             return lss_http_error(c, r, 401, "unauthorized",
                                   "missing or wrong runner token", NULL);
+        }
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
+
+    if (r->route == LSS_ROUTE_DISCARD) {
+        r->len += *upload_data_size;
+        if (*upload_data_size == 0 || r->len > lss_conf.max_upload) {
+            *upload_data_size = 0;
+            r->route = LSS_ROUTE_OTHER;
+            return lss_http_error(c, r, r->err_status, r->err_code,
+                                  r->err_message, r->err_field);
         }
         *upload_data_size = 0;
         return MHD_YES;

@@ -15,7 +15,8 @@ typedef enum {
     LSS_ROUTE_JSON,          /* handlers that take a JSON body */
     LSS_ROUTE_UPLOAD,
     LSS_ROUTE_OTHER,
-    LSS_ROUTE_UNAUTH
+    LSS_ROUTE_UNAUTH,
+    LSS_ROUTE_DISCARD        /* error decided, body read and dropped */
 } lss_route_t;
 
 typedef struct {
@@ -36,6 +37,12 @@ typedef struct {
     uint64_t      up_size;
     int           up_error;
     int           up_done;
+
+    /* the error answered once the body is consumed */
+    unsigned      err_status;
+    const char   *err_code;
+    const char   *err_message;
+    const char   *err_field;
 } lss_req_t;
 
 enum MHD_Result lss_http_error(struct MHD_Connection *c, lss_req_t *r,
