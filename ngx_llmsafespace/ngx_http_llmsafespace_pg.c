@@ -135,7 +135,7 @@ ngx_http_llmsafespace_pg_parse(ngx_conf_t *cf,
 
     pcf->connections = 2;
     pcf->connect_timeout = 2000;
-    pcf->timeout = 3000;
+    pcf->timeout = 1000;
     pcf->backoff_min = 100;
     pcf->backoff_max = 5000;
     pcf->max_queue = 1024;
@@ -1079,13 +1079,13 @@ ngx_http_llmsafespace_pg_watch(ngx_http_llmsafespace_pg_conn_t *pc,
 
 
 /*
- * Forgets the nginx connection around libpq's socket without closing it;
- * the socket is still open here, so the events are really deleted.
+ * Forgets the nginx connection around libpq's socket without closing it.
  */
 
 static void
 ngx_http_llmsafespace_pg_unwatch(ngx_http_llmsafespace_pg_conn_t *pc)
 {
+    ngx_uint_t         flags;
     ngx_connection_t  *c;
 
     c = pc->c;
@@ -1096,12 +1096,19 @@ ngx_http_llmsafespace_pg_unwatch(ngx_http_llmsafespace_pg_conn_t *pc)
 
     pc->c = NULL;
 
+    /*
+     * libpq closes its socket itself when it sees the connection fail;
+     * the kernel has then forgotten it, and epoll_ctl() would fail.
+     */
+    flags = (pc->pg == NULL || PQsocket(pc->pg) != c->fd) ? NGX_CLOSE_EVENT
+                                                          : 0;
+
     if (c->read->active) {
-        (void) ngx_del_event(c->read, NGX_READ_EVENT, 0);
+        (void) ngx_del_event(c->read, NGX_READ_EVENT, flags);
     }
 
     if (c->write->active) {
-        (void) ngx_del_event(c->write, NGX_WRITE_EVENT, 0);
+        (void) ngx_del_event(c->write, NGX_WRITE_EVENT, flags);
     }
 
     if (c->read->posted) {

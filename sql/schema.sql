@@ -5,10 +5,12 @@
 -- Tables of later components (sandboxes, warm pools) are added by them.
 
 -- Users.  Deleting a user only sets deleted_at: audit rows and keys keep
--- pointing at it.  The name is unique among live users, so a deleted user's
+-- pointing at it.  The gateway and llmsafespace-admin choose the id; the
+-- default serves manual inserts.  The name is unique among live users, so a deleted user's
 -- name can be given again.
 CREATE TABLE IF NOT EXISTS users (
     id          text PRIMARY KEY
+                DEFAULT 'usr-' || substr(md5(gen_random_uuid()::text), 1, 16)
                 CHECK (id ~ '^usr-[0-9a-z]{16}$'),
     name        text NOT NULL
                 CHECK (name ~ '^[A-Za-z0-9._@-]{1,64}$'),
