@@ -1170,25 +1170,39 @@ static void
 ngx_http_llmsafespace_pg_lost(ngx_http_llmsafespace_pg_conn_t *pc,
     const char *why)
 {
-    size_t                             len;
+    u_char                            *p, *last;
+    u_char                             msg[512];
     ngx_http_llmsafespace_pg_t        *pg;
     ngx_http_llmsafespace_pg_query_t  *q;
 
     pg = &ngx_http_llmsafespace_pg;
 
-    len = why ? ngx_strlen(why) : 0;
-    while (len && (why[len - 1] == '\n' || why[len - 1] == ' ')) {
-        len--;
+    /* libpq's messages span lines; the log wants one */
+    p = msg;
+    last = msg + sizeof(msg);
+
+    for ( /* void */ ; why && *why && p < last; why++) {
+        if (*why == '\n' || *why == '\t' || *why == '\r') {
+            if (p > msg && p[-1] != ' ') {
+                *p++ = ' ';
+            }
+            continue;
+        }
+        *p++ = *why;
+    }
+
+    while (p > msg && p[-1] == ' ') {
+        p--;
     }
 
     /* libpq's messages name host, port and user, never the password */
     ngx_log_error(NGX_LOG_ERR, pg->log, 0,
-                  "llmsafespace postgres: connection #%ui %s: %*s, "
+                  "llmsafespace postgres: connection #%ui %s: %*s%s "
                   "retrying in %M ms", pc->index,
                   pc->state == NGX_HTTP_LLMSAFESPACE_PG_CONNECTING
                   || pc->state == NGX_HTTP_LLMSAFESPACE_PG_CLOSED
-                  ? "cannot connect" : "lost", len, why ? why : "",
-                  pc->backoff);
+                  ? "cannot connect" : "lost", p - msg, msg,
+                  (p > msg && p[-1] == '.') ? "" : ";", pc->backoff);
 
     q = pc->query;
     pc->query = NULL;
