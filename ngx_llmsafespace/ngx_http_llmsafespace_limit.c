@@ -57,7 +57,8 @@ typedef struct {
 typedef struct {
     ngx_http_request_t                   *request;
     ngx_http_llmsafespace_limit_ctx_t    *lctx;
-    ngx_str_t                             key;
+    ngx_str_t                             local;      /* zone key */
+    ngx_str_t                             key;        /* Redis key */
     u_char                                interval[NGX_INT64_LEN];
     size_t                                interval_len;
     u_char                                limit[NGX_INT_T_LEN];
@@ -76,6 +77,10 @@ static void ngx_http_llmsafespace_limit_rbtree_insert(
 static ngx_int_t ngx_http_llmsafespace_limit_local(
     ngx_http_llmsafespace_limit_ctx_t *lctx, ngx_str_t *key,
     ngx_http_llmsafespace_limit_result_t *res, ngx_log_t *log);
+static ngx_http_llmsafespace_limit_node_t *ngx_http_llmsafespace_limit_lookup(
+    ngx_http_llmsafespace_limit_ctx_t *lctx, ngx_str_t *key, uint32_t hash);
+static void ngx_http_llmsafespace_limit_refund(
+    ngx_http_llmsafespace_limit_wait_t *w);
 static void ngx_http_llmsafespace_limit_expire(
     ngx_http_llmsafespace_limit_ctx_t *lctx, uint64_t now, ngx_uint_t n);
 static ngx_int_t ngx_http_llmsafespace_limit_send(
@@ -598,6 +603,7 @@ ngx_http_llmsafespace_limit_check(ngx_http_request_t *r)
 
     w->request = r;
     w->lctx = lctx;
+    w->local = key;
 
     w->key.len = sizeof("lss:rl::") - 1 + lctx->zone.name.len + key.len;
     w->key.data = ngx_pnalloc(r->pool, w->key.len);
@@ -616,7 +622,13 @@ ngx_http_llmsafespace_limit_check(ngx_http_request_t *r)
                    - w->limit;
 
     if (ngx_http_llmsafespace_limit_send(w) != NGX_OK) {
-        return ngx_http_llmsafespace_limit_unavailable(r);
+        rc = ngx_http_llmsafespace_limit_unavailable(r);
+
+        if (rc != NGX_OK) {
+            ngx_http_llmsafespace_limit_refund(w);
+        }
+
+        return rc;
     }
 
     return NGX_AGAIN;
@@ -636,8 +648,6 @@ ngx_http_llmsafespace_limit_local(ngx_http_llmsafespace_limit_ctx_t *lctx,
     size_t                               size;
     uint32_t                             hash;
     uint64_t                             now, tat, next, tau, interval;
-    ngx_int_t                            rc;
-    ngx_rbtree_node_t                   *node, *sentinel;
     ngx_http_llmsafespace_limit_node_t  *ln;
 
     /* ngx_current_msec is monotonic and shared by every worker */
@@ -652,33 +662,7 @@ ngx_http_llmsafespace_limit_local(ngx_http_llmsafespace_limit_ctx_t *lctx,
 
     ngx_http_llmsafespace_limit_expire(lctx, now, 1);
 
-    ln = NULL;
-    node = lctx->sh->rbtree.root;
-    sentinel = lctx->sh->rbtree.sentinel;
-
-    while (node != sentinel) {
-
-        if (hash < node->key) {
-            node = node->left;
-            continue;
-        }
-
-        if (hash > node->key) {
-            node = node->right;
-            continue;
-        }
-
-        ln = (ngx_http_llmsafespace_limit_node_t *) node;
-
-        rc = ngx_memn2cmp(key->data, ln->data, key->len, (size_t) ln->len);
-
-        if (rc == 0) {
-            break;
-        }
-
-        ln = NULL;
-        node = (rc < 0) ? node->left : node->right;
-    }
+    ln = ngx_http_llmsafespace_limit_lookup(lctx, key, hash);
 
     tat = (ln && ln->tat > now) ? ln->tat : now;
     next = tat + interval;
@@ -746,6 +730,76 @@ allowed:
     res->retry_after = 0;
 
     return NGX_OK;
+}
+
+
+/* Called locked. */
+
+static ngx_http_llmsafespace_limit_node_t *
+ngx_http_llmsafespace_limit_lookup(ngx_http_llmsafespace_limit_ctx_t *lctx,
+    ngx_str_t *key, uint32_t hash)
+{
+    ngx_int_t                            rc;
+    ngx_rbtree_node_t                   *node, *sentinel;
+    ngx_http_llmsafespace_limit_node_t  *ln;
+
+    node = lctx->sh->rbtree.root;
+    sentinel = lctx->sh->rbtree.sentinel;
+
+    while (node != sentinel) {
+
+        if (hash < node->key) {
+            node = node->left;
+            continue;
+        }
+
+        if (hash > node->key) {
+            node = node->right;
+            continue;
+        }
+
+        ln = (ngx_http_llmsafespace_limit_node_t *) node;
+
+        rc = ngx_memn2cmp(key->data, ln->data, key->len, (size_t) ln->len);
+
+        if (rc == 0) {
+            return ln;
+        }
+
+        node = (rc < 0) ? node->left : node->right;
+    }
+
+    return NULL;
+}
+
+
+/*
+ * The request was not served after all (the cluster-wide budget refused
+ * it, or Redis was down under "refuse"): give its interval back, so this
+ * gateway's ceiling counts only what it let through.
+ */
+
+static void
+ngx_http_llmsafespace_limit_refund(ngx_http_llmsafespace_limit_wait_t *w)
+{
+    uint64_t                             now;
+    ngx_http_llmsafespace_limit_ctx_t   *lctx;
+    ngx_http_llmsafespace_limit_node_t  *ln;
+
+    lctx = w->lctx;
+    now = (uint64_t) ngx_current_msec * 1000;
+
+    ngx_shmtx_lock(&lctx->shpool->mutex);
+
+    ln = ngx_http_llmsafespace_limit_lookup(lctx, &w->local,
+                                 ngx_crc32_short(w->local.data, w->local.len));
+
+    if (ln && ln->tat > now) {
+        ln->tat = (ln->tat - now > lctx->interval) ? ln->tat - lctx->interval
+                                                   : now;
+    }
+
+    ngx_shmtx_unlock(&lctx->shpool->mutex);
 }
 
 
@@ -863,6 +917,10 @@ ngx_http_llmsafespace_limit_redis_handler(void *data, redisReply *reply,
 
     } else {
         ctx->limit_rc = ngx_http_llmsafespace_limit_unavailable(r);
+    }
+
+    if (ctx->limit_rc != NGX_OK) {
+        ngx_http_llmsafespace_limit_refund(w);
     }
 
     ngx_http_llmsafespace_wake(r);
