@@ -394,24 +394,22 @@ ngx_http_llmsafespace_audit_flush(void)
     ngx_free(sql);
     ngx_free(values);
 
-    if (au->query == NULL) {
-        goto retry;
+    if (au->query) {
+        au->in_flight = n;
+        return;
     }
 
-    au->in_flight = n;
-
-    return;
+    sql = NULL;
+    values = NULL;
 
 retry:
 
     if (sql) {
         ngx_free(sql);
-        sql = NULL;
     }
 
     if (values) {
         ngx_free(values);
-        values = NULL;
     }
 
     if (!au->failing) {

@@ -618,39 +618,46 @@ ngx_http_llmsafespace_pg_append(ngx_array_t *out, const char *key,
 }
 
 
-/* replaces every "quoted" piece of a libpq message by "..." */
+/*
+ * Replaces every "quoted" piece of a libpq message by "...", except single
+ * characters such as the "=" of 'missing "=" after ...'.
+ */
 
 static u_char *
 ngx_http_llmsafespace_pg_redact(ngx_pool_t *pool, char *msg)
 {
-    char        *src;
-    u_char      *dst, *out;
-    ngx_uint_t   quoted;
+    char    *src, *end;
+    u_char  *dst, *out;
 
-    /* each quoted piece is at least 2 bytes and becomes 5 */
+    /* each quoted piece is at least 2 bytes and becomes at most 5 */
     out = ngx_pnalloc(pool, 3 * ngx_strlen(msg) + 1);
     if (out == NULL) {
         return NULL;
     }
 
-    quoted = 0;
+    dst = out;
 
-    for (src = msg, dst = out; *src; src++) {
-        if (*src == '"') {
-            if (!quoted) {
-                *dst++ = '"';
-                *dst++ = '.';
-                *dst++ = '.';
-                *dst++ = '.';
-                *dst++ = '"';
-            }
-            quoted = !quoted;
+    for (src = msg; *src; src++) {
+        if (*src != '"') {
+            *dst++ = *src;
             continue;
         }
 
-        if (!quoted) {
-            *dst++ = *src;
+        end = ngx_strchr(src + 1, '"');
+
+        if (end == NULL) {
+            dst = ngx_cpymem(dst, "\"...", 4);
+            break;
         }
+
+        if (end - src <= 2) {
+            dst = ngx_cpymem(dst, src, end - src + 1);
+
+        } else {
+            dst = ngx_cpymem(dst, "\"...\"", 5);
+        }
+
+        src = end;
     }
 
     *dst = '\0';
