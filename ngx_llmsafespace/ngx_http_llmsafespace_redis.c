@@ -68,6 +68,7 @@ typedef struct {
 
     ngx_queue_t                              fifo;
     ngx_uint_t                               nfifo;
+    ngx_uint_t                               nwaiting; /* handlers due */
     ngx_uint_t                               setup_pending;
     ngx_uint_t                               ready;
 
@@ -316,7 +317,11 @@ ngx_http_llmsafespace_redis_init_process(ngx_cycle_t *cycle,
 
     ngx_queue_init(&rd->fifo);
 
-    /* every timer is cancelable: none may hold back a graceful exit */
+    /*
+     * Timers are cancelable, so none holds back a graceful exit, except
+     * the one of commands that requests wait for: a worker must not exit
+     * under a request that is still to be answered.
+     */
 
     rd->backoff_ev.handler = ngx_http_llmsafespace_redis_backoff_handler;
     rd->backoff_ev.log = cycle->log;
@@ -331,7 +336,6 @@ ngx_http_llmsafespace_redis_init_process(ngx_cycle_t *cycle,
     rd->expire_ev.handler = ngx_http_llmsafespace_redis_expire_handler;
     rd->expire_ev.log = cycle->log;
     rd->expire_ev.data = rd;
-    rd->expire_ev.cancelable = 1;
 
     rd->state = NGX_HTTP_LLMSAFESPACE_REDIS_BACKOFF;
 
@@ -373,6 +377,7 @@ ngx_http_llmsafespace_redis_exit_process(ngx_cycle_t *cycle)
     }
 
     rd->nfifo = 0;
+    rd->nwaiting = 0;
     rd->state = NGX_HTTP_LLMSAFESPACE_REDIS_OFF;
     rd->conf = NULL;
 
@@ -431,6 +436,8 @@ ngx_http_llmsafespace_redis_command(int argc, const char **argv,
     cmd->handler = handler;
     cmd->data = data;
 
+    rd->nwaiting++;
+
     if (!rd->expire_ev.timer_set) {
         ngx_add_timer(&rd->expire_ev, rd->conf->timeout);
     }
@@ -442,9 +449,22 @@ ngx_http_llmsafespace_redis_command(int argc, const char **argv,
 void
 ngx_http_llmsafespace_redis_cancel(ngx_http_llmsafespace_redis_cmd_t *cmd)
 {
+    ngx_http_llmsafespace_redis_t  *rd;
+
+    rd = &ngx_http_llmsafespace_redis;
+
+    if (cmd->handler == NULL) {
+        return;
+    }
+
     /* the command keeps its place in the FIFO; its reply is dropped */
+
     cmd->handler = NULL;
     cmd->data = NULL;
+
+    if (--rd->nwaiting == 0 && rd->expire_ev.timer_set) {
+        ngx_del_timer(&rd->expire_ev);
+    }
 }
 
 
@@ -779,6 +799,7 @@ ngx_http_llmsafespace_redis_fail(const char *reason)
     }
 
     rd->nfifo = 0;
+    rd->nwaiting = 0;
 
     ngx_http_llmsafespace_redis_free_fifo(&q, NGX_ERROR);
 }
@@ -1137,6 +1158,7 @@ ngx_http_llmsafespace_redis_dispatch(redisReply *reply)
                                               ngx_current_msec - cmd->start);
 
         if (cmd->handler) {
+            rd->nwaiting--;
             cmd->handler(cmd->data, reply, NGX_OK);
         }
     }
@@ -1160,6 +1182,10 @@ ngx_http_llmsafespace_redis_settle(void)
 
     rd = &ngx_http_llmsafespace_redis;
 
+    if (rd->nwaiting == 0 && rd->expire_ev.timer_set) {
+        ngx_del_timer(&rd->expire_ev);
+    }
+
     if (rd->state != NGX_HTTP_LLMSAFESPACE_REDIS_CONNECTED) {
         return;
     }
@@ -1167,10 +1193,6 @@ ngx_http_llmsafespace_redis_settle(void)
     if (rd->nfifo) {
         rd->conn->idle = 0;
         return;
-    }
-
-    if (rd->expire_ev.timer_set) {
-        ngx_del_timer(&rd->expire_ev);
     }
 
     if (ngx_exiting) {
@@ -1218,6 +1240,7 @@ ngx_http_llmsafespace_redis_expire_handler(ngx_event_t *ev)
 
         handler = cmd->handler;
         cmd->handler = NULL;
+        rd->nwaiting--;
         rd->timeouts++;
 
         handler(cmd->data, NULL, NGX_HTTP_LLMSAFESPACE_REDIS_TIMEDOUT);
