@@ -21,6 +21,7 @@
 
 #define LSS_READ_CHUNK  65536
 #define LSS_DRAIN_MS    2000
+#define LSS_STDIN_MAX   (8 * 1024 * 1024)
 
 /*
  * Node cannot fork safely (V8 threads), so a javascript execution starts
@@ -290,6 +291,10 @@ lss_exec_parse(lss_exec_t *ex, json_t *req, int ws, char *err,
             snprintf(err, errlen, "stdin must be a string");
             return 400;
         }
+        if (json_string_length(v) > LSS_STDIN_MAX) {
+            snprintf(err, errlen, "stdin is too large");
+            return 422;
+        }
         ex->stdin_len = json_string_length(v);
         ex->stdin_data = malloc(ex->stdin_len + 1);
         if (ex->stdin_data != NULL) {
@@ -361,6 +366,7 @@ lss_memfd(const char *name, const char *data, size_t len)
 json_t *
 lss_exec_zygote_request(lss_exec_t *ex, int context)
 {
+    int          i;
     char        *s;
     json_t      *r, *env, *lim, *argv, *v;
     const char  *k;
@@ -387,6 +393,10 @@ lss_exec_zygote_request(lss_exec_t *ex, int context)
         free(s);
     }
     json_array_append_new(env, json_string("LANG=C.UTF-8"));
+    for (i = 0; i < lss_conf.nexec_env; i++) {
+        /* operator-set (CA bundle, proxy): never anything secret */
+        json_array_append_new(env, json_string(lss_conf.exec_env[i]));
+    }
     if (ex->kind == LSS_EXEC_CODE_JAVASCRIPT
         && asprintf(&s, "NODE_PATH=%s/.packages/node/node_modules",
                     lss_conf.workspace) > 0)
@@ -512,38 +522,84 @@ lss_exec_cancel_all(void)
 }
 
 
+/*
+ * Stdin from a client is queued (bounded) and written by the execution's
+ * own loop when the pipe has room: a slow reader never blocks the
+ * WebSocket, and bytes sent before the process started are kept.
+ */
 int
 lss_exec_stdin(lss_exec_t *ex, const char *p, size_t len, int eof)
 {
-    int      rc;
-    ssize_t  n;
+    char      *nb;
+    uint64_t   one;
 
-    rc = 0;
+    one = 1;
     pthread_mutex_lock(&ex->lock);
 
-    if (ex->stdin_fd < 0) {
+    if (ex->stdin_closed || ex->stdin_eof
+        || ex->stdin_len - ex->stdin_off + len > LSS_STDIN_MAX)
+    {
         pthread_mutex_unlock(&ex->lock);
         return -1;
     }
 
-    /* a full pipe is the client's problem, not a reason to block */
-    while (len > 0) {
-        n = write(ex->stdin_fd, p, len);
-        if (n < 0) {
-            rc = -1;
-            break;
+    if (len > 0) {
+        if (ex->stdin_off > 0) {
+            memmove(ex->stdin_data, ex->stdin_data + ex->stdin_off,
+                    ex->stdin_len - ex->stdin_off);
+            ex->stdin_len -= ex->stdin_off;
+            ex->stdin_off = 0;
         }
-        p += n;
-        len -= (size_t) n;
+        nb = realloc(ex->stdin_data, ex->stdin_len + len);
+        if (nb == NULL) {
+            pthread_mutex_unlock(&ex->lock);
+            return -1;
+        }
+        memcpy(nb + ex->stdin_len, p, len);
+        ex->stdin_data = nb;
+        ex->stdin_len += len;
     }
 
     if (eof) {
-        close(ex->stdin_fd);
-        ex->stdin_fd = -1;
+        ex->stdin_eof = 1;
+    }
+
+    if (ex->cancel_fd >= 0) {
+        (void) !write(ex->cancel_fd, &one, sizeof(one));
     }
 
     pthread_mutex_unlock(&ex->lock);
-    return rc;
+    return 0;
+}
+
+
+/* with ex->lock held: move queued stdin into the pipe, close at EOF */
+static void
+lss_exec_stdin_flush(lss_exec_t *ex)
+{
+    ssize_t  n;
+
+    while (ex->stdin_fd >= 0 && ex->stdin_off < ex->stdin_len) {
+        n = write(ex->stdin_fd, ex->stdin_data + ex->stdin_off,
+                  ex->stdin_len - ex->stdin_off);
+        if (n < 0) {
+            if (errno == EAGAIN) {
+                return;
+            }
+            /* the reader is gone: drop what is queued */
+            ex->stdin_off = ex->stdin_len;
+            break;
+        }
+        ex->stdin_off += (size_t) n;
+    }
+
+    if (ex->stdin_fd >= 0 && ex->stdin_eof
+        && ex->stdin_off >= ex->stdin_len)
+    {
+        close(ex->stdin_fd);
+        ex->stdin_fd = -1;
+        ex->stdin_closed = 1;
+    }
 }
 
 
@@ -551,10 +607,6 @@ static void
 lss_exec_deliver(lss_exec_t *ex, int s, const u_char *p, size_t n, int *kill)
 {
     size_t  room;
-
-    if (ex->out_bytes[s] >= lss_conf.output_cap) {
-        return;
-    }
 
     room = lss_conf.output_cap - ex->out_bytes[s];
     if (n > room) {
@@ -580,10 +632,10 @@ lss_exec_run(lss_exec_t *ex)
 {
     int             in[2], out[2], err[2], ctl[2], fds[LSS_FD_MAX], nfds;
     int             i, rc, kill_now, killed, got_result, open_out, open_err;
-    int             res_fd, kill_fd, timeout, s, stdin_pending;
+    int             res_fd, kill_fd, timeout, s;
     char           *req_s, *code;
     u_char         *buf;
-    size_t          stdin_off, clen;
+    size_t          clen;
     ssize_t         n;
     int64_t         deadline, now, drain_until;
     uint64_t        ev;
@@ -606,7 +658,9 @@ lss_exec_run(lss_exec_t *ex)
         return -1;
     }
 
+    pthread_mutex_lock(&ex->lock);
     ex->cancel_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    pthread_mutex_unlock(&ex->lock);
 
     if (ex->cancel_fd < 0
         || pipe2(in, O_CLOEXEC) != 0 || pipe2(out, O_CLOEXEC) != 0
@@ -718,13 +772,11 @@ lss_exec_run(lss_exec_t *ex)
     pthread_mutex_lock(&ex->lock);
     ex->stdin_fd = in[1];
     in[1] = -1;
-    pthread_mutex_unlock(&ex->lock);
-
-    stdin_off = 0;
-    stdin_pending = ex->stdin_data != NULL && ex->stdin_len > 0;
-    if (!stdin_pending && !ex->stdin_open) {
-        lss_exec_stdin(ex, NULL, 0, 1);
+    if (!ex->stdin_open) {
+        ex->stdin_eof = 1;
     }
+    lss_exec_stdin_flush(ex);
+    pthread_mutex_unlock(&ex->lock);
 
     deadline = lss_now_ms() + (int64_t) ex->timeout * 1000;
     drain_until = 0;
@@ -743,6 +795,11 @@ lss_exec_run(lss_exec_t *ex)
                 ex->end = LSS_END_TIMEOUT;
             }
             pthread_mutex_unlock(&ex->lock);
+            kill_now = 1;
+        }
+
+        /* cancelled (maybe before it started), capped or timed out */
+        if (!killed && !got_result && ex->end != LSS_END_NONE) {
             kill_now = 1;
         }
 
@@ -775,11 +832,11 @@ lss_exec_run(lss_exec_t *ex)
         pfd[3].events = POLLIN;
         pfd[4].fd = -1;
         pfd[4].events = POLLOUT;
-        if (stdin_pending) {
-            pthread_mutex_lock(&ex->lock);
+        pthread_mutex_lock(&ex->lock);
+        if (ex->stdin_off < ex->stdin_len) {
             pfd[4].fd = ex->stdin_fd;
-            pthread_mutex_unlock(&ex->lock);
         }
+        pthread_mutex_unlock(&ex->lock);
 
         if (poll(pfd, 5, timeout) < 0) {
             if (errno == EINTR) {
@@ -789,29 +846,20 @@ lss_exec_run(lss_exec_t *ex)
         }
 
         if (pfd[3].revents & POLLIN) {
+            /* woken: a cancel, or stdin to write */
             (void) !read(ex->cancel_fd, &ev, sizeof(ev));
-            kill_now = 1;
+            pthread_mutex_lock(&ex->lock);
+            if (ex->end != LSS_END_NONE) {
+                kill_now = 1;
+            }
+            lss_exec_stdin_flush(ex);
+            pthread_mutex_unlock(&ex->lock);
         }
 
         if (pfd[4].revents & (POLLOUT | POLLERR | POLLHUP)) {
             pthread_mutex_lock(&ex->lock);
-            n = ex->stdin_fd >= 0
-                ? write(ex->stdin_fd, ex->stdin_data + stdin_off,
-                        ex->stdin_len - stdin_off)
-                : -1;
+            lss_exec_stdin_flush(ex);
             pthread_mutex_unlock(&ex->lock);
-            if (n > 0) {
-                stdin_off += (size_t) n;
-            }
-            if (n < 0 && errno != EAGAIN) {
-                stdin_off = ex->stdin_len;
-            }
-            if (stdin_off >= ex->stdin_len) {
-                stdin_pending = 0;
-                if (!ex->stdin_open) {
-                    lss_exec_stdin(ex, NULL, 0, 1);
-                }
-            }
         }
 
         for (s = 0; s < 2; s++) {
@@ -900,6 +948,7 @@ failed:
         close(ex->stdin_fd);
         ex->stdin_fd = -1;
     }
+    ex->stdin_closed = 1;
     pthread_mutex_unlock(&ex->lock);
 
     for (i = 0; i < LSS_FD_MAX; i++) {

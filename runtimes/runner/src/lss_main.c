@@ -38,7 +38,7 @@ lss_usage(void)
         "  [--fsize-limit BYTES] [--nproc-limit N] [--nofile-limit N]\n"
         "  [--pip-find-links DIR] [--pip-index-url URL]\n"
         "  [--npm-registry URL] [--python-bin PATH] [--node-bin PATH]\n"
-        "  [--zygote PATH]\n"
+        "  [--zygote PATH] [--exec-env NAME=VALUE]...\n"
         "the token comes from --token-file or LLMSAFESPACE_RUNNER_TOKEN\n");
 }
 
@@ -180,7 +180,7 @@ main(int argc, char **argv)
         O_MAX_CONTEXTS, O_MAX_CONCURRENT, O_SOCKET_MODE, O_MAX_REQUEST,
         O_MEM_LIMIT, O_FSIZE_LIMIT, O_NPROC_LIMIT, O_NOFILE_LIMIT,
         O_PIP_FIND_LINKS, O_PIP_INDEX_URL, O_NPM_REGISTRY, O_PYTHON_BIN,
-        O_NODE_BIN, O_ZYGOTE, O_HELP
+        O_NODE_BIN, O_ZYGOTE, O_EXEC_ENV, O_HELP
     };
 
     static const struct option  opts[] = {
@@ -211,6 +211,7 @@ main(int argc, char **argv)
         { "python-bin", required_argument, NULL, O_PYTHON_BIN },
         { "node-bin", required_argument, NULL, O_NODE_BIN },
         { "zygote", required_argument, NULL, O_ZYGOTE },
+        { "exec-env", required_argument, NULL, O_EXEC_ENV },
         { "help", no_argument, NULL, O_HELP },
         { NULL, 0, NULL, 0 }
     };
@@ -280,6 +281,15 @@ main(int argc, char **argv)
         case O_PYTHON_BIN: lss_conf.python_bin = optarg; break;
         case O_NODE_BIN: lss_conf.node_bin = optarg; break;
         case O_ZYGOTE: lss_conf.zygote_path = optarg; break;
+        case O_EXEC_ENV:
+            if (lss_conf.nexec_env == LSS_MAX_PRELOAD_SCRIPTS
+                || strchr(optarg, '=') == NULL)
+            {
+                fprintf(stderr, "runner: bad or too many --exec-env\n");
+                return 2;
+            }
+            lss_conf.exec_env[lss_conf.nexec_env++] = optarg;
+            break;
         case O_HELP: lss_usage(); return 0;
         default: lss_usage(); return 2;
         }

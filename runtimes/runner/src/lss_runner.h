@@ -28,6 +28,8 @@ typedef struct {
     char        *preload_packages;
     char        *preload_scripts[LSS_MAX_PRELOAD_SCRIPTS];
     int          npreload_scripts;
+    char        *exec_env[LSS_MAX_PRELOAD_SCRIPTS];
+    int          nexec_env;
     char        *languages;
     char        *pip_find_links;
     char        *pip_index_url;
@@ -118,9 +120,12 @@ struct lss_exec_s {
     json_t           *argv;        /* array of strings, LSS_EXEC_ARGV */
     json_t           *env;         /* object of strings */
     char             *cwd;
-    char             *stdin_data;
+    char             *stdin_data;  /* pending bytes, written by the loop */
     size_t            stdin_len;
+    size_t            stdin_off;
     int               stdin_open;  /* keep stdin open for the stream */
+    int               stdin_eof;   /* close once the pending bytes went */
+    int               stdin_closed;
     int               timeout;     /* seconds */
     char             *context;     /* name or NULL */
 

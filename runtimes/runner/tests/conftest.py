@@ -77,6 +77,10 @@ class Runner:
                 "--pip-find-links", self.wheels,
                 "--max-contexts", "3", "--max-timeout", "60",
                 "--max-upload", str(512 * 1024 * 1024)] + list(extra_args)
+        # an operator's CA bundle for a TLS-inspecting egress, if any
+        if os.environ.get("NODE_EXTRA_CA_CERTS"):
+            args += ["--exec-env", "NODE_EXTRA_CA_CERTS="
+                     + os.environ["NODE_EXTRA_CA_CERTS"]]
         self.proc = subprocess.Popen(args, stdout=self.log,
                                      stderr=subprocess.STDOUT)
         self.client = httpx.Client(
