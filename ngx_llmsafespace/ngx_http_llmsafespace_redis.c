@@ -1013,6 +1013,22 @@ ngx_http_llmsafespace_redis_read_handler(ngx_event_t *rev)
         c->close = 0;
     }
 
+    if (rd->state == NGX_HTTP_LLMSAFESPACE_REDIS_CONNECTING) {
+
+        /* a refused connect may be reported as readable first */
+
+        if (ngx_http_llmsafespace_redis_test_connect(c) != NGX_OK) {
+            ngx_http_llmsafespace_redis_fail(NULL);
+            return;
+        }
+
+        ngx_http_llmsafespace_redis_connected();
+
+        if (rd->state != NGX_HTTP_LLMSAFESPACE_REDIS_CONNECTED) {
+            return;
+        }
+    }
+
     if (rev->timedout) {
         rd->timeouts++;
         ngx_http_llmsafespace_redis_fail("no reply within the timeout, "
