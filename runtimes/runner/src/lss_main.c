@@ -38,7 +38,7 @@ lss_usage(void)
         "  [--fsize-limit BYTES] [--nproc-limit N] [--nofile-limit N]\n"
         "  [--pip-find-links DIR] [--pip-index-url URL]\n"
         "  [--npm-registry URL] [--python-bin PATH] [--node-bin PATH]\n"
-        "  [--zygote PATH] [--exec-env NAME=VALUE]...\n"
+        "  [--zygote PATH] [--exec-env NAME=VALUE]... [--node-spare 0|1]\n"
         "the token comes from --token-file or LLMSAFESPACE_RUNNER_TOKEN\n");
 }
 
@@ -180,7 +180,7 @@ main(int argc, char **argv)
         O_MAX_CONTEXTS, O_MAX_CONCURRENT, O_SOCKET_MODE, O_MAX_REQUEST,
         O_MEM_LIMIT, O_FSIZE_LIMIT, O_NPROC_LIMIT, O_NOFILE_LIMIT,
         O_PIP_FIND_LINKS, O_PIP_INDEX_URL, O_NPM_REGISTRY, O_PYTHON_BIN,
-        O_NODE_BIN, O_ZYGOTE, O_EXEC_ENV, O_HELP
+        O_NODE_BIN, O_ZYGOTE, O_EXEC_ENV, O_NODE_SPARE, O_HELP
     };
 
     static const struct option  opts[] = {
@@ -212,6 +212,7 @@ main(int argc, char **argv)
         { "node-bin", required_argument, NULL, O_NODE_BIN },
         { "zygote", required_argument, NULL, O_ZYGOTE },
         { "exec-env", required_argument, NULL, O_EXEC_ENV },
+        { "node-spare", required_argument, NULL, O_NODE_SPARE },
         { "help", no_argument, NULL, O_HELP },
         { NULL, 0, NULL, 0 }
     };
@@ -235,6 +236,7 @@ main(int argc, char **argv)
     lss_conf.nofile_limit = 1024;
     lss_conf.python_bin = "/usr/bin/python3";
     lss_conf.node_bin = "/usr/bin/node";
+    lss_conf.node_spare = 1;
 
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
@@ -281,6 +283,8 @@ main(int argc, char **argv)
         case O_PYTHON_BIN: lss_conf.python_bin = optarg; break;
         case O_NODE_BIN: lss_conf.node_bin = optarg; break;
         case O_ZYGOTE: lss_conf.zygote_path = optarg; break;
+        case O_NODE_SPARE: lss_conf.node_spare = (int) lss_num(optarg);
+            break;
         case O_EXEC_ENV:
             if (lss_conf.nexec_env == LSS_MAX_PRELOAD_SCRIPTS
                 || strchr(optarg, '=') == NULL)

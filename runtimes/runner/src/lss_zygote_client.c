@@ -128,6 +128,10 @@ lss_zygote_monitor(void *arg)
                 z->kind == LSS_ZYGOTE_PYTHON ? "python" : "exec", pid);
         delay = 0;
 
+        if (z->kind == LSS_ZYGOTE_EXEC) {
+            lss_spare_fill();
+        }
+
         /* the zygote never writes again: EOF means it died */
         while ((n = recv(fd, &c, 1, 0)) > 0 || (n < 0 && errno == EINTR)) {
             /* nothing */

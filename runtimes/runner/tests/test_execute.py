@@ -230,3 +230,27 @@ def test_reset(runner, clean_contexts):
     r = runner.execute("print('z' in globals())", context="c1")
     assert r["stdout"] == "False\n"
     os.unlink(other)
+
+
+def test_node_spare_is_used_and_replaced(runner):
+    from conftest import uid_processes, is_spare_node
+    import time
+    spares = []
+    for _ in range(100):
+        spares = [p for p in uid_processes(spares=True) if is_spare_node(p)]
+        if spares:
+            break
+        time.sleep(0.05)
+    assert len(spares) == 1
+    r = runner.execute("console.log(process.pid, process.cwd(), "
+                       "process.env.XV)", language="javascript",
+                       env={"XV": "42"}, workingDir=".")
+    pid, cwd, xv = r["stdout"].split()
+    assert int(pid) == spares[0]          # the spare ran the code
+    assert cwd == runner.workspace and xv == "42"
+    for _ in range(100):
+        now = [p for p in uid_processes(spares=True) if is_spare_node(p)]
+        if now and now != spares:
+            break
+        time.sleep(0.05)
+    assert len(now) == 1 and now != spares   # and was replaced
