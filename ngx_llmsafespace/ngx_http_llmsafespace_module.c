@@ -32,6 +32,8 @@ static char *ngx_http_llmsafespace_redis(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_llmsafespace_postgres(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
+static char *ngx_http_llmsafespace_redis_down(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
 static char *ngx_http_llmsafespace_handler_directive(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 
@@ -50,13 +52,6 @@ static ngx_int_t ngx_http_llmsafespace_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_llmsafespace_request_variable(
     ngx_http_request_t *r, ngx_http_variable_value_t *v, uintptr_t data);
-
-
-static ngx_conf_enum_t  ngx_http_llmsafespace_limit_redis_down[] = {
-    { ngx_string("local"), NGX_HTTP_LLMSAFESPACE_LIMIT_REDIS_LOCAL },
-    { ngx_string("refuse"), NGX_HTTP_LLMSAFESPACE_LIMIT_REDIS_REFUSE },
-    { ngx_null_string, 0 }
-};
 
 
 static ngx_conf_num_bounds_t  ngx_http_llmsafespace_audit_bounds = {
@@ -103,10 +98,10 @@ static ngx_command_t  ngx_http_llmsafespace_commands[] = {
 
     { ngx_string("llmsafespace_limit_redis_down"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
-      ngx_conf_set_enum_slot,
+      ngx_http_llmsafespace_redis_down,
       NGX_HTTP_MAIN_CONF_OFFSET,
-      offsetof(ngx_http_llmsafespace_main_conf_t, limit_redis_down),
-      &ngx_http_llmsafespace_limit_redis_down },
+      0,
+      NULL },
 
     { ngx_string("llmsafespace_audit_buffer"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
@@ -455,6 +450,38 @@ ngx_http_llmsafespace_postgres(ngx_conf_t *cf, ngx_command_t *cmd,
     }
 
     return ngx_http_llmsafespace_pg_parse(cf, &lmcf->pg);
+}
+
+
+static char *
+ngx_http_llmsafespace_redis_down(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_llmsafespace_main_conf_t  *lmcf = conf;
+
+    ngx_str_t  *value;
+
+    if (lmcf->limit_redis_down != NGX_CONF_UNSET_UINT) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (ngx_strcmp(value[1].data, "local") == 0) {
+        lmcf->limit_redis_down = NGX_HTTP_LLMSAFESPACE_LIMIT_REDIS_LOCAL;
+
+    } else if (ngx_strcmp(value[1].data, "refuse") == 0) {
+        lmcf->limit_redis_down = NGX_HTTP_LLMSAFESPACE_LIMIT_REDIS_REFUSE;
+
+    } else {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "llmsafespace_limit_redis_down: invalid value "
+                           "\"%V\", expected \"local\" or \"refuse\"",
+                           &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
 }
 
 
