@@ -1071,6 +1071,7 @@ sub parallel {
     my $gen = $opts{request}
         // sub { ('GET', '/', {}, undef) };
 
+    # keepalive => 0: a new connection per request
     my $ua = Mojo::UserAgent->new(
         max_connections => $opts{keepalive} // $conc,
         request_timeout => $timeout, inactivity_timeout => $timeout,
@@ -1110,9 +1111,15 @@ sub parallel {
 
     $start->() for 1 .. ($conc < $count ? $conc : $count);
 
+    # during => sub {}, every => S: runs while the requests fly (reloads)
+    my $during = $opts{during}
+        ? Mojo::IOLoop->recurring($opts{every} // 0.2 => $opts{during})
+        : undef;
+
     my $timer = Mojo::IOLoop->timer($timeout => sub { Mojo::IOLoop->stop });
     Mojo::IOLoop->start if $count > 0;
     Mojo::IOLoop->remove($timer);
+    Mojo::IOLoop->remove($during) if $during;
 
     for my $i (0 .. $count - 1) {
         $results[$i] //= { status => 0, body => '', error => 'timeout' };
