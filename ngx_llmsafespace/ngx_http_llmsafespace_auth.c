@@ -384,9 +384,10 @@ ngx_http_llmsafespace_key_cache(ngx_conf_t *cf, ngx_command_t *cmd,
     }
 
     lmcf->key_cache->init = ngx_http_llmsafespace_cache_init_zone;
-    lmcf->key_cache->data = lmcf;
+    lmcf->key_cache->data = ngx_pcalloc(cf->pool,
+                                        sizeof(ngx_http_llmsafespace_cache_t));
 
-    return NGX_CONF_OK;
+    return lmcf->key_cache->data ? NGX_CONF_OK : NGX_CONF_ERROR;
 }
 
 
@@ -408,31 +409,43 @@ ngx_http_llmsafespace_auth_init(ngx_conf_t *cf,
         return NGX_ERROR;
     }
 
-    lmcf->key_cache->init = ngx_http_llmsafespace_cache_init_zone;
-    lmcf->key_cache->data = lmcf;
+    if (lmcf->key_cache->data) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "shared memory zone \"%V\" is already used",
+                           &ngx_http_llmsafespace_default_zone);
+        return NGX_ERROR;
+    }
 
-    return NGX_OK;
+    lmcf->key_cache->init = ngx_http_llmsafespace_cache_init_zone;
+    lmcf->key_cache->data = ngx_pcalloc(cf->pool,
+                                        sizeof(ngx_http_llmsafespace_cache_t));
+
+    return lmcf->key_cache->data ? NGX_OK : NGX_ERROR;
 }
 
 
 static ngx_int_t
 ngx_http_llmsafespace_cache_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 {
+    ngx_http_llmsafespace_cache_t  *ocache = data;
+
     size_t                          len;
     ngx_http_llmsafespace_cache_t  *cache;
 
-    cache = ngx_pcalloc(ngx_cycle->pool, sizeof(ngx_http_llmsafespace_cache_t));
-    if (cache == NULL) {
-        return NGX_ERROR;
-    }
+    cache = shm_zone->data;
 
     /* on reload the zone and its entries stay */
 
+    if (ocache) {
+        cache->sh = ocache->sh;
+        cache->shpool = ocache->shpool;
+        return NGX_OK;
+    }
+
     cache->shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
 
-    if (shm_zone->shm.exists || cache->shpool->data) {
+    if (shm_zone->shm.exists) {
         cache->sh = cache->shpool->data;
-        shm_zone->data = cache;
         return NGX_OK;
     }
 
@@ -460,8 +473,6 @@ ngx_http_llmsafespace_cache_init_zone(ngx_shm_zone_t *shm_zone, void *data)
                 &shm_zone->shm.name);
 
     cache->shpool->log_nomem = 0;
-
-    shm_zone->data = cache;
 
     return NGX_OK;
 }
