@@ -1,0 +1,224 @@
+/*
+ * llmsafespace-controller: common types and the interfaces between its
+ * parts (configuration, stores, driver, reconcilers).
+ */
+
+#ifndef LSC_H
+#define LSC_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include <jansson.h>
+#include <hiredis/hiredis.h>
+#include <libpq-fe.h>
+
+
+#define LSC_ID_LEN        64
+#define LSC_NAME_LEN      64
+#define LSC_OWNER_LEN     128
+#define LSC_PATH_LEN      512
+/* the runner's socket path under it must fit sun_path (108 bytes) */
+#define LSC_STATE_LEN     64
+#define LSC_MAX_SANDBOXES 4096
+#define LSC_MAX_POOLS     64
+#define LSC_MAX_SCRIPTS   16
+
+/* a sandbox id as stored and as used in paths and keys */
+#define LSC_ID_PREFIX     "sb-"
+
+
+typedef struct {
+    char        id[LSC_ID_LEN];
+    char        owner[LSC_OWNER_LEN];
+    char        runtime[LSC_NAME_LEN];
+    char        level[16];
+    char        pool[LSC_NAME_LEN];
+    char        phase[16];
+    char        final_phase[16];
+    char        reason[64];
+    int         slot;
+    int         attempts;
+    int         delete_requested;
+    int64_t     created_ms;
+    int64_t     started_ms;
+    int64_t     expires_ms;          /* 0: none */
+    int64_t     memory;              /* bytes */
+    double      cpus;
+    int         pids;
+
+    /* filled by the driver's list, per tick */
+    int         cstate;
+} lsc_sandbox_t;
+
+
+/* container states as the driver reports them */
+#define LSC_C_ABSENT   0
+#define LSC_C_RUNNING  1
+#define LSC_C_STOPPED  2
+#define LSC_C_OTHER    3
+
+
+typedef struct {
+    char        name[LSC_NAME_LEN];
+    char        content_path[LSC_PATH_LEN];
+} lsc_script_t;
+
+
+typedef struct {
+    char        name[LSC_NAME_LEN];
+    char        runtime[LSC_NAME_LEN];
+    char        level[16];
+    int         min_size;
+    int         max_size;
+    int         autoscale;
+    int         target_util;         /* percent, 1..100 */
+    int         scale_down_delay;    /* seconds */
+    char        packages[400];       /* comma separated, validated */
+    json_t     *scripts;             /* [{name, content}], validated */
+
+    /* reconcile state */
+    int64_t     last_scale_ms;
+    int         desired;
+    char        status_text[1024];   /* last status written */
+    int         ready;               /* condition Ready */
+    int64_t     transition_ms;
+    int         seen;
+} lsc_pool_t;
+
+
+typedef struct {
+    char        id[LSC_ID_LEN + 8];  /* container id: lss-<sandbox id> */
+    int         state;
+    int         high;
+} lsc_container_t;
+
+
+struct lsc_ctx_s;
+
+/*
+ * The driver interface: what the reconcilers need from a place that runs
+ * sandboxes.  The local driver (runc / runsc) is the one implementation
+ * here; a kubernetes driver would implement the same four calls.
+ */
+typedef struct {
+    const char  *name;
+    /* start the sandbox's container; returns 0 once it runs */
+    int        (*create)(struct lsc_ctx_s *ctx, lsc_sandbox_t *sb,
+                         lsc_pool_t *pool);
+    /* remove the container and every artifact of the id; idempotent */
+    int        (*destroy)(struct lsc_ctx_s *ctx, const char *id);
+    /* every container and artifact this controller owns */
+    int        (*list)(struct lsc_ctx_s *ctx, lsc_container_t **out,
+                       size_t *n);
+    /* 1: the runner answers /readyz, 0: not yet, -1: cannot ask */
+    int        (*inspect)(struct lsc_ctx_s *ctx, const lsc_sandbox_t *sb);
+    /* artifact ids (bundles, run dirs) with or without a container */
+    int        (*artifacts)(struct lsc_ctx_s *ctx, char ***ids, size_t *n);
+} lsc_driver_t;
+
+
+typedef struct lsc_ctx_s {
+    /* configuration */
+    char             state_dir[LSC_STATE_LEN];
+    char             rootfs_dir[LSC_PATH_LEN];
+    char             runtimes_file[LSC_PATH_LEN];
+    char             mkbundle[LSC_PATH_LEN];
+    char             seccomp_dir[LSC_PATH_LEN];
+    char             pools_dir[LSC_PATH_LEN];
+    char             contract_dir[LSC_PATH_LEN];
+    char             schema_file[LSC_PATH_LEN];
+    char             redis_addr[LSC_PATH_LEN];
+    char             pg_conninfo[LSC_PATH_LEN];
+    int              tick_ms;
+    int              ready_timeout_ms;
+    int              max_creates_per_tick;
+    int              max_attempts;
+    int64_t          uid_base;
+
+    /* state */
+    redisContext    *redis;
+    PGconn          *pg;
+    json_t          *runtimes;
+    char            *claim_lua;
+    char            *publish_lua;
+    char            *retire_lua;
+    const lsc_driver_t  *driver;
+    int              lock_fd;
+
+    lsc_sandbox_t   *sb;
+    size_t           nsb;
+    lsc_pool_t       pools[LSC_MAX_POOLS];
+    size_t           npools;
+    int64_t          pools_loaded_ms;
+    int              busy;           /* work in flight: tick faster */
+} lsc_ctx_t;
+
+
+/* lsc_util.c */
+int64_t lsc_now_ms(void);
+int lsc_random_id(char *buf, size_t len);
+int lsc_valid_id(const char *id);
+int lsc_valid_name(const char *s, size_t max);
+int lsc_valid_owner(const char *s);
+int64_t lsc_parse_memory(json_t *v, int64_t def, int64_t lo, int64_t hi);
+double lsc_parse_cpu(json_t *v, double def, double lo, double hi);
+char *lsc_read_file(const char *path, size_t max);
+int lsc_rmtree(const char *path);
+int lsc_spawn(char *const argv[], char **out, size_t max,
+    const char *errlog);
+void lsc_log(const char *level, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* lsc_runtime.c */
+int lsc_runtimes_load(lsc_ctx_t *ctx);
+json_t *lsc_runtime_find(lsc_ctx_t *ctx, const char *name);
+
+/* lsc_pg.c */
+int lsc_pg_connect(lsc_ctx_t *ctx);
+int lsc_pg_apply_schema(lsc_ctx_t *ctx);
+int lsc_pg_load_sandboxes(lsc_ctx_t *ctx);
+int lsc_pg_set_phase(lsc_ctx_t *ctx, lsc_sandbox_t *sb, const char *phase,
+    const char *final_phase, const char *reason, const char *message);
+int lsc_pg_set_slot(lsc_ctx_t *ctx, lsc_sandbox_t *sb);
+int lsc_pg_insert_pool_pod(lsc_ctx_t *ctx, lsc_pool_t *pool);
+int lsc_pg_insert_request(lsc_ctx_t *ctx, json_t *req);
+int lsc_pg_request_delete(lsc_ctx_t *ctx, const char *id);
+int lsc_pg_record_claim(lsc_ctx_t *ctx, lsc_sandbox_t *sb, const char *owner,
+    int64_t expires_ms);
+int lsc_pg_event(lsc_ctx_t *ctx, const char *id, const char *phase,
+    const char *reason, const char *message);
+PGresult *lsc_pg_query(lsc_ctx_t *ctx, const char *sql, int n,
+    const char *const *params);
+
+/* lsc_redis.c */
+int lsc_redis_connect(lsc_ctx_t *ctx);
+int lsc_redis_read_requests(lsc_ctx_t *ctx, int block_ms);
+int lsc_redis_publish(lsc_ctx_t *ctx, lsc_sandbox_t *sb, int announce);
+int lsc_redis_unpublish(lsc_ctx_t *ctx, lsc_sandbox_t *sb);
+int lsc_redis_retire(lsc_ctx_t *ctx, lsc_sandbox_t *sb);
+int lsc_redis_routes(lsc_ctx_t *ctx, lsc_sandbox_t **sbs, size_t n,
+    char (*owners)[LSC_OWNER_LEN], int64_t *expires, int *exists);
+int lsc_redis_event(lsc_ctx_t *ctx, const char *type, const char *id,
+    const char *pool, const char *reason);
+int lsc_redis_pool_status(lsc_ctx_t *ctx, const char *pool,
+    const char *json);
+void lsc_redis_socket_path(lsc_ctx_t *ctx, const char *id, char *buf,
+    size_t len);
+
+/* lsc_pool.c */
+int lsc_pools_load(lsc_ctx_t *ctx);
+lsc_pool_t *lsc_pool_find(lsc_ctx_t *ctx, const char *name);
+int lsc_pools_reconcile(lsc_ctx_t *ctx);
+
+/* lsc_manifest.c */
+json_t *lsc_yaml_load(const char *path);
+
+/* lsc_reconcile.c */
+int lsc_reconcile(lsc_ctx_t *ctx);
+int lsc_terminate(lsc_ctx_t *ctx, lsc_sandbox_t *sb, const char *final,
+    const char *reason, const char *message);
+
+/* lsc_local.c */
+extern const lsc_driver_t lsc_local_driver;
+
+#endif /* LSC_H */

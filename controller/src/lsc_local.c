@@ -1,0 +1,598 @@
+/*
+ * The local driver: each sandbox is one OCI container on this machine,
+ * run by runc (security level standard) or runsc/gVisor (high).
+ *
+ * The bundle (config.json) is written by runtimes/oci/mkbundle, the
+ * runtimes' one definition of a confined sandbox (user namespace,
+ * seccomp, read-only root, tmpfs, cgroup limits, loopback-only netns);
+ * this driver only chooses the per-sandbox values and runs the runtimes.
+ *
+ * Every artifact is named after the sandbox id, so it maps back to its
+ * record: container lss-<id> under <state>/runc or <state>/runsc (our own
+ * runtime roots: nobody else's containers are ever listed or removed),
+ * bundle <state>/bundles/<id>, run dir <state>/sandboxes/<id>.
+ */
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/random.h>
+#include <unistd.h>
+#include <curl/curl.h>
+
+#include "lsc.h"
+
+
+#define LSC_MAX_ARGS     96
+#define LSC_UID_RANGE    65536
+
+static const char *lsc_cgroup_controllers[] = {
+    "memory", "pids", "cpu", "cpuacct", "cpu,cpuacct", "blkio", "devices",
+    "freezer", "cpuset", "net_cls", "perf_event", "hugetlb", "systemd",
+    "unified", NULL
+};
+
+
+static void
+lsc_paths(lsc_ctx_t *ctx, const char *id, char *bundle, char *run,
+    size_t len)
+{
+    snprintf(bundle, len, "%s/bundles/%s", ctx->state_dir, id);
+    snprintf(run, len, "%s/sandboxes/%s", ctx->state_dir, id);
+}
+
+
+static int
+lsc_write_file(const char *path, const void *data, size_t len, mode_t mode,
+    uid_t uid, gid_t gid)
+{
+    int      fd;
+    ssize_t  n;
+
+    fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+              mode);
+    if (fd == -1) {
+        return -1;
+    }
+    n = write(fd, data, len);
+    if (n != (ssize_t) len || fchown(fd, uid, gid) == -1
+        || fchmod(fd, mode) == -1)
+    {
+        close(fd);
+        return -1;
+    }
+    return close(fd);
+}
+
+
+static int
+lsc_new_token(const char *path)
+{
+    unsigned char  r[32];
+    char           hex[65];
+    size_t         i;
+
+    if (getrandom(r, sizeof(r), 0) != (ssize_t) sizeof(r)) {
+        return -1;
+    }
+    for (i = 0; i < sizeof(r); i++) {
+        sprintf(hex + 2 * i, "%02x", r[i]);
+    }
+    return lsc_write_file(path, hex, 64, 0600, 0, 0);
+}
+
+
+/*
+ * Preload scripts become files in the sandbox's run dir (mounted at
+ * /run/llmsafespace, mode 0700 for the container's root: the runner can
+ * read them, executions cannot).  The runner runs them in its warm
+ * interpreters before /readyz answers.  With write 0, only the runner
+ * arguments are made (before mkbundle); with 1, the files (after mkbundle
+ * made the run dir, before the container starts).
+ */
+static int
+lsc_preload(lsc_ctx_t *ctx, lsc_sandbox_t *sb, lsc_pool_t *pool,
+    const char *run, int write, char **argv, int *argc,
+    char (*bufs)[LSC_PATH_LEN])
+{
+    size_t       i;
+    json_t      *s;
+    const char  *name, *content;
+    char         path[LSC_PATH_LEN + 128];
+    uid_t        uid;
+    int          nb;
+
+    nb = 0;
+    if (!write && pool->packages[0] != '\0') {
+        argv[(*argc)++] = "--runner-arg=--preload-packages";
+        snprintf(bufs[nb], LSC_PATH_LEN, "--runner-arg=%s", pool->packages);
+        argv[(*argc)++] = bufs[nb++];
+    }
+
+    uid = strcmp(sb->level, "high") == 0
+          ? 0 : (uid_t) (ctx->uid_base + (int64_t) sb->slot * LSC_UID_RANGE);
+
+    json_array_foreach(pool->scripts, i, s) {
+        if (i >= LSC_MAX_SCRIPTS) {
+            break;
+        }
+        name = json_string_value(json_object_get(s, "name"));
+        content = json_string_value(json_object_get(s, "content"));
+        if (!write) {
+            argv[(*argc)++] = "--runner-arg=--preload-script";
+            snprintf(bufs[nb], LSC_PATH_LEN,
+                     "--runner-arg=%s=/run/llmsafespace/preload-%s",
+                     name, name);
+            argv[(*argc)++] = bufs[nb++];
+            continue;
+        }
+        snprintf(path, sizeof(path), "%s/preload-%s", run, name);
+        unlink(path);
+        if (lsc_write_file(path, content, strlen(content), 0400, uid, uid)
+            != 0)
+        {
+            lsc_log("error", "%s: %s: %s", sb->id, path, strerror(errno));
+            return -1;
+        }
+    }
+    return 0;
+}
+
+
+static int
+lsc_local_create(lsc_ctx_t *ctx, lsc_sandbox_t *sb, lsc_pool_t *pool)
+{
+    json_t      *rt, *ra, *v;
+    const char  *fs, *runtime;
+    char        *argv[LSC_MAX_ARGS];
+    char         bundle[LSC_PATH_LEN], run[LSC_PATH_LEN];
+    char         rootfs[LSC_PATH_LEN + 64], token[LSC_PATH_LEN + 16];
+    char         cid[LSC_ID_LEN + 8], mem[32], pids[16], cpus[32], uid[32];
+    char         log[LSC_PATH_LEN + 32], mark[LSC_PATH_LEN + 16];
+    char         root[LSC_PATH_LEN + 16];
+    char         rargs[24][LSC_PATH_LEN], pbufs[2 + LSC_MAX_SCRIPTS][LSC_PATH_LEN];
+    int          argc, high, rc;
+    size_t       i;
+
+    rt = lsc_runtime_find(ctx, sb->runtime);
+    if (rt == NULL) {
+        lsc_log("error", "%s: unknown runtime %s", sb->id, sb->runtime);
+        return -1;
+    }
+    fs = json_string_value(json_object_get(json_object_get(rt, "rootfs"),
+                                           "name"));
+    high = strcmp(sb->level, "high") == 0;
+    runtime = high ? "runsc" : "runc";
+
+    lsc_paths(ctx, sb->id, bundle, run, sizeof(bundle));
+    snprintf(rootfs, sizeof(rootfs), "%s/%s", ctx->rootfs_dir, fs);
+    snprintf(token, sizeof(token), "%s/token", bundle);
+    snprintf(log, sizeof(log), "%s/container.log", bundle);
+    snprintf(mark, sizeof(mark), "%s/runtime", bundle);
+    snprintf(cid, sizeof(cid), "lss-%s", sb->id);
+    snprintf(mem, sizeof(mem), "%lld", (long long) sb->memory);
+    snprintf(pids, sizeof(pids), "%d", sb->pids);
+    snprintf(cpus, sizeof(cpus), "%.3f", sb->cpus);
+    snprintf(uid, sizeof(uid), "%lld",
+             (long long) (ctx->uid_base + (int64_t) sb->slot * LSC_UID_RANGE));
+
+    if (mkdir(bundle, 0700) == -1 && errno != EEXIST) {
+        lsc_log("error", "%s: %s", bundle, strerror(errno));
+        return -1;
+    }
+    unlink(token);
+    unlink(mark);
+    if (lsc_new_token(token) != 0
+        || lsc_write_file(mark, runtime, strlen(runtime), 0600, 0, 0) != 0)
+    {
+        lsc_log("error", "%s: cannot write the token", sb->id);
+        return -1;
+    }
+
+    argc = 0;
+    argv[argc++] = ctx->mkbundle;
+    argv[argc++] = "--rootfs";
+    argv[argc++] = rootfs;
+    argv[argc++] = "--bundle";
+    argv[argc++] = bundle;
+    argv[argc++] = "--run-dir";
+    argv[argc++] = run;
+    argv[argc++] = "--token-file";
+    argv[argc++] = token;
+    argv[argc++] = "--runtime";
+    argv[argc++] = (char *) runtime;
+    argv[argc++] = "--id";
+    argv[argc++] = cid;
+    argv[argc++] = "--memory";
+    argv[argc++] = mem;
+    argv[argc++] = "--pids";
+    argv[argc++] = pids;
+    argv[argc++] = "--cpus";
+    argv[argc++] = cpus;
+    argv[argc++] = "--uid-base";
+    argv[argc++] = uid;
+
+    ra = json_object_get(rt, "runnerArgs");
+    json_array_foreach(ra, i, v) {
+        if (i >= 24 || !json_is_string(v)) {
+            break;
+        }
+        snprintf(rargs[i], LSC_PATH_LEN, "--runner-arg=%s",
+                 json_string_value(v));
+        argv[argc++] = rargs[i];
+    }
+
+    if (pool != NULL) {
+        lsc_preload(ctx, sb, pool, run, 0, argv, &argc, pbufs);
+    }
+    argv[argc] = NULL;
+    if (lsc_spawn(argv, NULL, 0, log) != 0) {
+        lsc_log("error", "%s: mkbundle failed (see %s)", sb->id, log);
+        return -1;
+    }
+    /* mkbundle made the run dir, owned by the container's root */
+    if (pool != NULL
+        && lsc_preload(ctx, sb, pool, run, 1, NULL, NULL, NULL) != 0)
+    {
+        return -1;
+    }
+
+    argc = 0;
+    if (high) {
+        snprintf(root, sizeof(root), "%s/runsc", ctx->state_dir);
+        argv[argc++] = ctx->mkbundle;
+        argv[argc++] = "cgroup-exec";
+        argv[argc++] = "--bundle";
+        argv[argc++] = bundle;
+        argv[argc++] = "--";
+        argv[argc++] = "runsc";
+        argv[argc++] = "--root";
+        argv[argc++] = root;
+        argv[argc++] = "--ignore-cgroups";
+        argv[argc++] = "--oci-seccomp";
+        argv[argc++] = "--network=none";
+        argv[argc++] = "--host-uds=create";
+        argv[argc++] = "run";
+        argv[argc++] = "--detach";
+        argv[argc++] = "--bundle";
+        argv[argc++] = bundle;
+        argv[argc++] = cid;
+    } else {
+        snprintf(root, sizeof(root), "%s/runc", ctx->state_dir);
+        argv[argc++] = "runc";
+        argv[argc++] = "--root";
+        argv[argc++] = root;
+        argv[argc++] = "run";
+        argv[argc++] = "--detach";
+        argv[argc++] = "--bundle";
+        argv[argc++] = bundle;
+        argv[argc++] = cid;
+    }
+    argv[argc] = NULL;
+
+    rc = lsc_spawn(argv, NULL, 0, log);
+    if (rc != 0) {
+        lsc_log("error", "%s: %s run exited %d (see %s)", sb->id, runtime,
+                rc, log);
+        return -1;
+    }
+    return 0;
+}
+
+
+static void
+lsc_runtime_delete(lsc_ctx_t *ctx, const char *runtime, const char *cid)
+{
+    char   root[LSC_PATH_LEN + 16];
+    char  *argv[8];
+
+    snprintf(root, sizeof(root), "%s/%s", ctx->state_dir, runtime);
+    argv[0] = (char *) runtime;
+    argv[1] = "--root";
+    argv[2] = root;
+    argv[3] = "delete";
+    argv[4] = "--force";
+    argv[5] = (char *) cid;
+    argv[6] = NULL;
+    lsc_spawn(argv, NULL, 0, "/dev/null");
+}
+
+
+/*
+ * Idempotent and restartable: each step tolerates what an interrupted
+ * earlier run left, and the bundle, which the cgroup step needs, goes
+ * last.
+ */
+static int
+lsc_local_destroy(lsc_ctx_t *ctx, const char *id)
+{
+    char         bundle[LSC_PATH_LEN], run[LSC_PATH_LEN];
+    char         cid[LSC_ID_LEN + 8], mark[LSC_PATH_LEN + 16];
+    char         cfg[LSC_PATH_LEN + 16], cg[LSC_PATH_LEN];
+    char        *runtime, *argv[6];
+    const char  **c;
+
+    if (!lsc_valid_id(id)) {
+        return -1;
+    }
+    lsc_paths(ctx, id, bundle, run, sizeof(bundle));
+    snprintf(cid, sizeof(cid), "lss-%s", id);
+    snprintf(mark, sizeof(mark), "%s/runtime", bundle);
+    snprintf(cfg, sizeof(cfg), "%s/config.json", bundle);
+
+    runtime = lsc_read_file(mark, 16);
+    if (runtime == NULL || strcmp(runtime, "runsc") != 0) {
+        lsc_runtime_delete(ctx, "runc", cid);
+    }
+    if (runtime == NULL || strcmp(runtime, "runc") != 0) {
+        lsc_runtime_delete(ctx, "runsc", cid);
+        if (access(cfg, R_OK) == 0) {
+            argv[0] = ctx->mkbundle;
+            argv[1] = "cgroup-remove";
+            argv[2] = "--bundle";
+            argv[3] = bundle;
+            argv[4] = NULL;
+            lsc_spawn(argv, NULL, 0, "/dev/null");
+        }
+    }
+    free(runtime);
+
+    /* what runc or the cgroup step may have left after a crash */
+    for (c = lsc_cgroup_controllers; *c != NULL; c++) {
+        snprintf(cg, sizeof(cg), "/sys/fs/cgroup/%s/llmsafespace/%s", *c,
+                 cid);
+        rmdir(cg);
+        snprintf(cg, sizeof(cg), "/sys/fs/cgroup/%s/llmsafespace/%s-runsc",
+                 *c, cid);
+        rmdir(cg);
+    }
+
+    if (lsc_rmtree(run) != 0 || lsc_rmtree(bundle) != 0) {
+        lsc_log("error", "%s: cannot remove its directories: %s", id,
+                strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+
+static int
+lsc_parse_list(const char *text, int high, lsc_container_t **out,
+    size_t *n)
+{
+    json_t           *list, *c;
+    size_t            i;
+    const char       *id, *st;
+    lsc_container_t  *p;
+
+    list = json_loads(text, JSON_DECODE_ANY, NULL);
+    if (list == NULL) {
+        return -1;
+    }
+    json_array_foreach(list, i, c) {
+        id = json_string_value(json_object_get(c, "id"));
+        st = json_string_value(json_object_get(c, "status"));
+        if (id == NULL || strncmp(id, "lss-", 4) != 0
+            || !lsc_valid_id(id + 4))
+        {
+            continue;
+        }
+        p = realloc(*out, (*n + 1) * sizeof(lsc_container_t));
+        if (p == NULL) {
+            json_decref(list);
+            return -1;
+        }
+        *out = p;
+        snprintf(p[*n].id, sizeof(p[*n].id), "%s", id);
+        p[*n].high = high;
+        if (st == NULL) {
+            p[*n].state = LSC_C_OTHER;
+        } else if (strcmp(st, "running") == 0) {
+            p[*n].state = LSC_C_RUNNING;
+        } else if (strcmp(st, "stopped") == 0) {
+            p[*n].state = LSC_C_STOPPED;
+        } else {
+            p[*n].state = LSC_C_OTHER;
+        }
+        (*n)++;
+    }
+    json_decref(list);
+    return 0;
+}
+
+
+static int
+lsc_dir_empty(const char *path)
+{
+    DIR            *d;
+    struct dirent  *e;
+    int             empty;
+
+    d = opendir(path);
+    if (d == NULL) {
+        return 1;
+    }
+    empty = 1;
+    while ((e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0) {
+            empty = 0;
+            break;
+        }
+    }
+    closedir(d);
+    return empty;
+}
+
+
+static int
+lsc_local_list(lsc_ctx_t *ctx, lsc_container_t **out, size_t *n)
+{
+    char   root[LSC_PATH_LEN + 16];
+    char  *argv[7], *text;
+    int    rc, high;
+
+    *out = NULL;
+    *n = 0;
+
+    for (high = 0; high <= 1; high++) {
+        snprintf(root, sizeof(root), "%s/%s", ctx->state_dir,
+                 high ? "runsc" : "runc");
+        /* a runtime never used leaves no root: nothing to ask it */
+        if (lsc_dir_empty(root)) {
+            continue;
+        }
+        argv[0] = high ? "runsc" : "runc";
+        argv[1] = "--root";
+        argv[2] = root;
+        argv[3] = "list";
+        argv[4] = high ? "-format" : "--format";
+        argv[5] = "json";
+        argv[6] = NULL;
+        text = NULL;
+        rc = lsc_spawn(argv, &text, 4 << 20, NULL);
+        if (rc != 0 || text == NULL
+            || lsc_parse_list(text, high, out, n) != 0)
+        {
+            lsc_log("error", "%s list failed (%d)", argv[0], rc);
+            free(text);
+            free(*out);
+            *out = NULL;
+            *n = 0;
+            return -1;
+        }
+        free(text);
+    }
+    return 0;
+}
+
+
+static size_t
+lsc_discard(void *p, size_t size, size_t n, void *data)
+{
+    (void) p;
+    (void) data;
+    return size * n;
+}
+
+
+static int
+lsc_local_inspect(lsc_ctx_t *ctx, const lsc_sandbox_t *sb)
+{
+    CURL               *c;
+    struct curl_slist  *h;
+    char                sock[LSC_PATH_LEN + 128], tokpath[LSC_PATH_LEN + 64];
+    char                hdr[256], *token;
+    long                status;
+    CURLcode            rc;
+    struct stat         st;
+    size_t              n;
+
+    lsc_redis_socket_path(ctx, sb->id, sock, sizeof(sock));
+    if (stat(sock, &st) == -1) {
+        return 0;
+    }
+    snprintf(tokpath, sizeof(tokpath), "%s/bundles/%s/token",
+             ctx->state_dir, sb->id);
+    token = lsc_read_file(tokpath, 128);
+    if (token == NULL) {
+        return -1;
+    }
+    n = strlen(token);
+    while (n > 0 && token[n - 1] == '\n') {
+        token[--n] = '\0';
+    }
+    snprintf(hdr, sizeof(hdr), "X-LLMSafeSpace-Runner-Token: %s", token);
+    free(token);
+
+    c = curl_easy_init();
+    if (c == NULL) {
+        return -1;
+    }
+    h = curl_slist_append(NULL, hdr);
+    curl_easy_setopt(c, CURLOPT_UNIX_SOCKET_PATH, sock);
+    curl_easy_setopt(c, CURLOPT_URL, "http://runner/readyz");
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 500L);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, lsc_discard);
+    rc = curl_easy_perform(c);
+    status = 0;
+    if (rc == CURLE_OK) {
+        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    }
+    curl_slist_free_all(h);
+    curl_easy_cleanup(c);
+    return status == 200 ? 1 : 0;
+}
+
+
+static int
+lsc_scan(const char *dir, char ***ids, size_t *n)
+{
+    DIR            *d;
+    struct dirent  *e;
+    char          **p;
+    size_t          i;
+
+    d = opendir(dir);
+    if (d == NULL) {
+        return errno == ENOENT ? 0 : -1;
+    }
+    while ((e = readdir(d)) != NULL) {
+        if (!lsc_valid_id(e->d_name)) {
+            continue;
+        }
+        for (i = 0; i < *n; i++) {
+            if (strcmp((*ids)[i], e->d_name) == 0) {
+                break;
+            }
+        }
+        if (i < *n) {
+            continue;
+        }
+        p = realloc(*ids, (*n + 1) * sizeof(char *));
+        if (p == NULL) {
+            closedir(d);
+            return -1;
+        }
+        *ids = p;
+        p[*n] = strdup(e->d_name);
+        if (p[*n] == NULL) {
+            closedir(d);
+            return -1;
+        }
+        (*n)++;
+    }
+    closedir(d);
+    return 0;
+}
+
+
+static int
+lsc_local_artifacts(lsc_ctx_t *ctx, char ***ids, size_t *n)
+{
+    char  path[LSC_PATH_LEN + 16];
+
+    *ids = NULL;
+    *n = 0;
+    snprintf(path, sizeof(path), "%s/bundles", ctx->state_dir);
+    if (lsc_scan(path, ids, n) != 0) {
+        return -1;
+    }
+    snprintf(path, sizeof(path), "%s/sandboxes", ctx->state_dir);
+    return lsc_scan(path, ids, n);
+}
+
+
+const lsc_driver_t  lsc_local_driver = {
+    "local",
+    lsc_local_create,
+    lsc_local_destroy,
+    lsc_local_list,
+    lsc_local_inspect,
+    lsc_local_artifacts,
+};

@@ -1,0 +1,116 @@
+"""Warm pools: fill, claim through the gateway's Lua script, refill,
+autoscaling, and a container that dies on its own."""
+
+import subprocess
+import os
+
+from conftest import needs_root, wait_until
+
+pytestmark = needs_root
+
+
+def test_pool_fills_to_min_size_and_refills_after_a_claim(env):
+    env.pool("py", minSize=2, maxSize=4)
+    env.start()
+
+    ready = wait_until(lambda: len(env.ready("py")) == 2 and env.ready("py"),
+                       60, what="2 ready warm sandboxes")
+    # every artifact maps back to its record
+    assert env.running() == sorted("lss-" + i for i in ready)
+    assert env.artifacts() == set(ready)
+    for sid in ready:
+        assert env.record(sid) == ("Running", "Ready", None, "py")
+        route = env.r.hgetall("lss:sb:" + sid)
+        assert route["owner"] == ""
+        assert route["pool"] == "py"
+        assert route["runner"] == "unix:%s/sandboxes/%s/runner.sock" % (
+            env.state, sid)
+        assert len(route["token"]) == 64
+    status = wait_until(lambda: env.q(
+        "SELECT status FROM warm_pools WHERE name = 'py'")[0][0].get(
+            "availablePods") == 2 and env.q(
+        "SELECT status FROM warm_pools WHERE name = 'py'")[0][0],
+        10, what="pool status")
+    assert status["conditions"][0]["type"] == "Ready"
+    assert status["conditions"][0]["status"] == "True"
+
+    # the gateway's fast path
+    got = env.claim("py", "alice")
+    assert got in ready
+    route = env.r.hgetall("lss:sb:" + got)
+    assert route["owner"] == "alice"
+    claimed = [e for e in env.events(got) if e["type"] == "claimed"]
+    assert claimed and claimed[0]["owner"] == "alice"
+
+    # the claimed sandbox serves its new owner, as it was, no restart
+    out = env.execute(got, "print(6 * 7)")
+    assert out["status"] == "completed" and out["stdout"] == "42\n"
+
+    # refilled with a new sandbox; the claimed one never comes back
+    wait_until(lambda: len(env.ready("py")) == 2
+               and got not in env.ready("py"), 60, what="refill")
+    wait_until(lambda: env.record(got)[2] == "alice", 10,
+               what="claim recorded")
+    assert len(env.running()) == 3
+    for _ in range(2):
+        again = env.claim("py", "bob")
+        assert again is not None and again != got
+    assert env.r.hget("lss:sb:" + got, "owner") == "alice"
+
+
+def test_autoscale_up_under_claims_and_down_after_the_delay(env):
+    env.pool("auto", minSize=1, maxSize=3,
+             autoScaling={"enabled": True, "targetUtilization": 50,
+                          "scaleDownDelay": "2s"})
+    env.start()
+    wait_until(lambda: len(env.ready("auto")) == 1, 60, what="min size")
+
+    claimed = []
+    for n in range(3):
+        sid = wait_until(lambda: env.claim("auto", "user%d" % n), 60,
+                         what="a claimable sandbox")
+        claimed.append(sid)
+    # 3 assigned at 50% target utilisation: 3 warm wanted, maxSize 3
+    wait_until(lambda: len(env.ready("auto")) == 3, 90, what="scale up")
+    st = env.q("SELECT status FROM warm_pools WHERE name = 'auto'")[0][0]
+    assert st["desiredPods"] == 3 and st["lastScaleTime"]
+
+    # releasing the claims: back to minSize, only after the delay
+    for sid in claimed:
+        env.request(type="delete", id=sid, owner=env.record(sid)[2] or "")
+    wait_until(lambda: all(env.record(s)[0] == "Terminated"
+                           for s in claimed), 30, what="claims deleted")
+    wait_until(lambda: len(env.ready("auto")) == 1
+               and len(env.running()) == 1, 30, what="scale down")
+    retired = env.q("SELECT count(*) FROM sandboxes WHERE pool = 'auto'"
+                    " AND reason = 'ScaledDown'")[0][0]
+    assert retired == 2
+    # a released sandbox is destroyed, never handed to another owner
+    for sid in claimed:
+        assert "lss-" + sid not in env.containers()
+        assert not env.r.exists("lss:sb:" + sid)
+
+
+def test_container_killed_from_outside_ends_failed_and_is_replaced(env):
+    env.pool("py", minSize=1, maxSize=1)
+    env.start()
+    (sid,) = wait_until(lambda: env.ready("py"), 60, what="warm sandbox")
+    subprocess.run(["runc", "--root", os.path.join(env.state, "runc"),
+                    "kill", "lss-" + sid, "KILL"], check=True)
+
+    wait_until(lambda: env.record(sid)[0] == "Failed", 30,
+               what="record Failed")
+    assert env.record(sid)[1] == "ContainerExited"
+    assert not env.r.exists("lss:sb:" + sid)
+    assert sid not in env.artifacts()
+    types = [e["type"] for e in env.events(sid)]
+    assert types[-2:] == ["terminating", "failed"]
+    phases = [r[0] for r in env.q(
+        "SELECT phase FROM sandbox_events WHERE sandbox_id = %s"
+        " ORDER BY seq", sid)]
+    assert phases == ["Pending", "Creating", "Running", "Terminating",
+                      "Failed"]
+
+    new = wait_until(lambda: env.ready("py"), 60, what="replacement")
+    assert new[0] != sid
+    assert env.running() == ["lss-" + new[0]]
