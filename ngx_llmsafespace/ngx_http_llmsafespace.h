@@ -44,11 +44,13 @@
 #define NGX_HTTP_TOO_MANY_REQUESTS            429
 
 /* hex SHA-256 of a secret, as stored */
-#define NGX_HTTP_LLMSAFESPACE_HASH_HEX_LEN    (2 * NGX_HTTP_LLMSAFESPACE_HASH_LEN)
+#define NGX_HTTP_LLMSAFESPACE_HASH_HEX_LEN                                    \
+    (2 * NGX_HTTP_LLMSAFESPACE_HASH_LEN)
 
 /* "lsp_" keyid "_" secret */
 #define NGX_HTTP_LLMSAFESPACE_KEY_LEN                                         \
-    (4 + NGX_HTTP_LLMSAFESPACE_KEY_ID_LEN + 1 + NGX_HTTP_LLMSAFESPACE_SECRET_LEN)
+    (4 + NGX_HTTP_LLMSAFESPACE_KEY_ID_LEN + 1                                 \
+     + NGX_HTTP_LLMSAFESPACE_SECRET_LEN)
 
 
 typedef struct {
@@ -66,7 +68,8 @@ typedef struct {
 typedef struct {
     u_char                          key[NGX_HTTP_LLMSAFESPACE_KEY_LEN];
     u_char                          key_id[NGX_HTTP_LLMSAFESPACE_KEY_ID_LEN];
-    u_char                          hash_hex[NGX_HTTP_LLMSAFESPACE_HASH_HEX_LEN];
+    u_char                          hash_hex[
+                                        NGX_HTTP_LLMSAFESPACE_HASH_HEX_LEN];
 } ngx_http_llmsafespace_new_key_t;
 
 

@@ -234,7 +234,9 @@ ngx_http_llmsafespace_keys_file(ngx_conf_t *cf, ngx_command_t *cmd,
 
         ngx_memcpy(key->key_id, field[0], len[0]);
 
-        if (ngx_http_llmsafespace_hex_decode(key->hash, field[1], len[1]) != NGX_OK) {
+        if (ngx_http_llmsafespace_hex_decode(key->hash, field[1], len[1])
+            != NGX_OK)
+        {
             goto invalid;
         }
 

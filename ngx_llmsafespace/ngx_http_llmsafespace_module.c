@@ -876,6 +876,7 @@ static ngx_int_t
 ngx_http_llmsafespace_refused_handler(ngx_http_request_t *r)
 {
     ngx_int_t                     rc;
+    ngx_table_elt_t              *h;
     ngx_http_llmsafespace_ctx_t  *ctx;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_llmsafespace_module);
@@ -889,16 +890,15 @@ ngx_http_llmsafespace_refused_handler(ngx_http_request_t *r)
     }
 
     if (ctx->error_status == NGX_HTTP_UNAUTHORIZED) {
-        r->headers_out.www_authenticate = ngx_list_push(&r->headers_out.headers);
-        if (r->headers_out.www_authenticate == NULL) {
+        h = ngx_list_push(&r->headers_out.headers);
+        if (h == NULL) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
-        r->headers_out.www_authenticate->hash = 1;
-        ngx_str_set(&r->headers_out.www_authenticate->key,
-                    "WWW-Authenticate");
-        ngx_str_set(&r->headers_out.www_authenticate->value,
-                    "Bearer realm=\"llmsafespace\"");
+        h->hash = 1;
+        ngx_str_set(&h->key, "WWW-Authenticate");
+        ngx_str_set(&h->value, "Bearer realm=\"llmsafespace\"");
+        r->headers_out.www_authenticate = h;
     }
 
     return ngx_http_llmsafespace_send_error(r, ctx->error_status,
