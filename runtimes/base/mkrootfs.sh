@@ -2,10 +2,10 @@
 # Builds the root filesystem of one runtime for the local (runc / runsc)
 # driver: build/rootfs/<name>/.
 #
-#   mkrootfs.sh NAME RECIPE_DIR OUT_DIR RUNNER_BINARY [RUNNER_DEPS_FILE]
+#   mkrootfs.sh NAME RECIPE_DIR OUT_DIR RUNNER_BUILD_DIR [RUNNER_DEPS_FILE]
 #
 # RECIPE_DIR/packages.txt lists the runtime's Debian packages; the runner's
-# own runtime libraries come from RUNNER_DEPS_FILE (runtimes/runner/
+# own shared libraries come from RUNNER_DEPS_FILE (runtimes/runner/
 # RUNTIME_DEPS) or, until that file exists, from the list below.
 #
 # Why a cache keyed by a hash: debootstrap takes about a minute, copying
@@ -24,7 +24,7 @@ set -eu
 name=$1
 recipe=$2
 out=$3
-runner=$4
+runner_dir=$4
 runner_deps=${5:-}
 
 # The mirror this machine's apt uses (see /etc/apt/sources.list.d); the
@@ -32,7 +32,7 @@ runner_deps=${5:-}
 mirror=${LSS_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 suite=${LSS_DEBIAN_SUITE:-bookworm}
 default_runner_deps="libmicrohttpd12 libwslay1 libjansson4 libseccomp2
-libpython3.11"
+libpython3.11 libssl3"
 
 if [ "$(id -u)" != 0 ]; then
     echo "mkrootfs: debootstrap needs root" >&2
@@ -62,8 +62,12 @@ strip_comments() {
 }
 
 pkgs=$(strip_comments "$recipe/packages.txt")
+# From the runner's list only its shared libraries (lib*): interpreters
+# and package managers (python3, nodejs, npm, pip) belong to each
+# runtime's own recipe, so the base rootfs stays a shell and the python
+# rootfs carries no Node.js.  The ldd check below catches a missing one.
 if [ -n "$runner_deps" ] && [ -f "$runner_deps" ]; then
-    rdeps=$(strip_comments "$runner_deps")
+    rdeps=$(strip_comments "$runner_deps" | grep '^lib' || true)
 else
     rdeps=$(echo "$default_runner_deps" | tr -s ' \n' '\n')
 fi
@@ -145,17 +149,36 @@ else
     trap - EXIT INT TERM
 fi
 
-# The runner: replaced whenever the built binary differs, again through a
-# rename so a container starting now sees a whole file.
-dst=$root/usr/local/bin/llmsafespace-runner
-if [ -f "$runner" ]; then
-    if ! cmp -s "$runner" "$dst"; then
+# The runner and its zygote: replaced whenever the built binaries differ,
+# again through a rename so a container starting now sees whole files.
+installed=0
+for bin in llmsafespace-runner llmsafespace-zygote; do
+    src=$runner_dir/$bin
+    dst=$root/usr/local/bin/$bin
+    if [ ! -f "$src" ]; then
+        echo "mkrootfs: $name: no $src (not installed)" >&2
+        continue
+    fi
+    installed=1
+    if ! cmp -s "$src" "$dst"; then
         mkdir -p "$(dirname "$dst")"
-        cp "$runner" "$dst.new.$$"
+        cp "$src" "$dst.new.$$"
         chmod 0755 "$dst.new.$$"
         mv "$dst.new.$$" "$dst"
-        echo "mkrootfs: $name: runner installed"
+        echo "mkrootfs: $name: $bin installed"
     fi
-else
-    echo "mkrootfs: $name: no runner binary at $runner (not installed)" >&2
+done
+
+# A library the runner links but the package lists miss would only show
+# as a container that never becomes ready; say it here instead.
+if [ $installed = 1 ]; then
+    missing=$(chroot "$root" ldd /usr/local/bin/llmsafespace-runner \
+              /usr/local/bin/llmsafespace-zygote 2>&1 | grep 'not found' \
+              || true)
+    if [ -n "$missing" ]; then
+        echo "mkrootfs: $name: runner libraries missing from the rootfs" \
+             "(add their packages to runtimes/runner/RUNTIME_DEPS):" >&2
+        echo "$missing" >&2
+        exit 1
+    fi
 fi
