@@ -26,9 +26,15 @@
 #include <sys/syscall.h>
 #include <seccomp.h>
 #include <sched.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sys/mman.h>
 
 
-static int lss_seccomp_load(void);
+static int lss_seccomp_build(void);
+
+/* built once in the zygote; a worker only installs it */
+static struct sock_fprog  lss_seccomp_prog;
 static int lss_rlimit(int res, json_t *lim, const char *key);
 
 
@@ -128,7 +134,12 @@ lss_confine(json_t *req, int *fds)
         lss_die("pdeathsig");
     }
 
-    if (lss_seccomp_load() != 0) {
+    if (lss_seccomp_prog.filter == NULL && lss_seccomp_build() != 0) {
+        lss_die("seccomp");
+    }
+    if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &lss_seccomp_prog, 0, 0)
+        != 0)
+    {
         lss_die("seccomp");
     }
 
@@ -170,11 +181,19 @@ lss_rlimit(int res, json_t *lim, const char *key)
  * own profile is the allow list; this filter removes what executed code
  * must never have even where that profile is absent (host tests, runsc).
  */
-static int
-lss_seccomp_load(void)
+int
+lss_seccomp_init(void)
 {
-    int              rc;
+    return lss_seccomp_build();
+}
+
+
+static int
+lss_seccomp_build(void)
+{
+    int              rc, fd;
     size_t           i;
+    off_t            len;
     scmp_filter_ctx  ctx;
 
     static const int  denied[] = {
@@ -248,10 +267,26 @@ lss_seccomp_load(void)
         return -1;
     }
 
-    rc = seccomp_load(ctx);
+    /* the BPF program libseccomp generates, kept for every worker */
+    rc = -1;
+    fd = memfd_create("lss-seccomp", MFD_CLOEXEC);
+    if (fd >= 0 && seccomp_export_bpf(ctx, fd) == 0) {
+        len = lseek(fd, 0, SEEK_END);
+        lss_seccomp_prog.filter = malloc((size_t) len);
+        if (len > 0 && lss_seccomp_prog.filter != NULL
+            && pread(fd, lss_seccomp_prog.filter, (size_t) len, 0) == len)
+        {
+            lss_seccomp_prog.len = (unsigned short)
+                                   (len / sizeof(struct sock_filter));
+            rc = 0;
+        }
+    }
+    if (fd >= 0) {
+        close(fd);
+    }
     seccomp_release(ctx);
 
-    return rc == 0 ? 0 : -1;
+    return rc;
 }
 
 

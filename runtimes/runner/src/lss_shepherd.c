@@ -13,6 +13,7 @@
 
 #include "lss_zygote.h"
 #include "lss_proto.h"
+#include "lss_fdpass.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -38,22 +39,122 @@ static void lss_reap(pid_t worker, int *wstatus, struct rusage *ru,
     int *done);
 
 
-void
-lss_shepherd(json_t *req, int *fds, int python)
+/*
+ * The idle worker: forked ahead of time so that an execution costs no
+ * fork on its critical path (a fork of an interpreter with numpy loaded
+ * costs milliseconds here).  It waits for its request, then confines
+ * itself and runs it.
+ */
+static void
+lss_worker(int sock, int python)
 {
-    int              sfd, wstatus, done, killed, ctl;
+    int      n, i, rfds[5], fds[LSS_FD_MAX];
+    json_t  *req;
 
+    prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+
+    n = lss_fd_recv(sock, rfds, 5);
+    if (n < 4) {
+        _exit(1);
+    }
+    close(sock);
+
+    req = lss_request_read(rfds[0]);
+    close(rfds[0]);
+    if (req == NULL) {
+        _exit(1);
+    }
+
+    for (i = 0; i < LSS_FD_MAX; i++) {
+        fds[i] = -1;
+    }
+    fds[LSS_FD_STDIN] = rfds[1];
+    fds[LSS_FD_STDOUT] = rfds[2];
+    fds[LSS_FD_STDERR] = rfds[3];
+    if (n == 5) {
+        fds[LSS_FD_EXTRA] = rfds[4];
+    }
+
+    if (python && json_object_get(req, "python") != NULL) {
+        if (json_object_get(req, "context") != NULL) {
+            lss_py_context(req, fds);
+        }
+        lss_py_run(req, fds);
+    }
+
+    lss_confine(req, fds);
+    lss_exec_argv(req);
+}
+
+
+void
+lss_exec_argv(json_t *req)
+{
+    char   **argv, **envp;
+    size_t   i, n;
+    json_t  *a;
+
+    a = json_object_get(req, "argv");
+    n = json_array_size(a);
+    argv = calloc(n + 1, sizeof(char *));
+    envp = lss_env_build(req);
+    if (argv == NULL || envp == NULL || n == 0) {
+        lss_die("argv");
+    }
+    for (i = 0; i < n; i++) {
+        argv[i] = (char *) json_string_value(json_array_get(a, i));
+    }
+
+    environ = envp;
+    execvp(argv[0], argv);
+
+    if (errno == ENOENT) {
+        fprintf(stderr, "llmsafespace: %s: command not found\n", argv[0]);
+        _exit(127);
+    }
+    lss_die(argv[0]);
+}
+
+
+/*
+ * Fork an idle shepherd and its idle worker.  The shepherd waits on
+ * *sock for the execution's descriptors, hands the stdio to the worker
+ * and supervises.  close_fds are the zygote's own, closed in the child.
+ */
+pid_t
+lss_shepherd_spawn(int *sock, int python, int close1, int close2)
+{
+    int              sv[2], wsv[2], sfd, wstatus, done, killed, ctl, n, i;
+    int              fds[LSS_FD_MAX], wfds[5], nw;
     char             buf[64];
-    pid_t            pid;
+    pid_t            pid, shepherd;
     sigset_t         set;
     lss_result_t     res;
     struct pollfd    pfd[2];
     struct rusage    ru;
     struct signalfd_siginfo  si;
 
-    ctl = fds[LSS_FD_CTL];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
+        return -1;
+    }
+
+    shepherd = fork();
+    if (shepherd != 0) {
+        close(sv[1]);
+        if (shepherd < 0) {
+            close(sv[0]);
+            return -1;
+        }
+        *sock = sv[0];
+        return shepherd;
+    }
+
+    close(sv[0]);
+    close(close1);
+    close(close2);
 
     prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
     prctl(PR_SET_NAME, "lss-shepherd", 0, 0, 0);
 
     sigemptyset(&set);
@@ -61,66 +162,59 @@ lss_shepherd(json_t *req, int *fds, int python)
     sigprocmask(SIG_BLOCK, &set, NULL);
 
     sfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
-    if (sfd < 0) {
+    if (sfd < 0
+        || socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, wsv) != 0)
+    {
         _exit(1);
     }
 
     pid = fork();
-
     if (pid < 0) {
-        memset(&res, 0, sizeof(res));
-        res.kind = LSS_RESULT_FAILED;
-        res.code = errno;
-        (void) !send(ctl, &res, sizeof(res), MSG_NOSIGNAL);
         _exit(1);
     }
 
     if (pid == 0) {
         close(sfd);
-        close(ctl);
-        fds[LSS_FD_CTL] = -1;
-
-        if (python) {
-            if (json_object_get(req, "context") != NULL) {
-                lss_py_context(req, fds);
-            }
-            lss_py_run(req, fds);
-        }
-
-        lss_confine(req, fds);
-        {
-            char  **argv, **envp;
-            size_t  i, n;
-            json_t *a;
-
-            a = json_object_get(req, "argv");
-            n = json_array_size(a);
-            argv = calloc(n + 1, sizeof(char *));
-            envp = lss_env_build(req);
-            if (argv == NULL || envp == NULL || n == 0) {
-                lss_die("argv");
-            }
-            for (i = 0; i < n; i++) {
-                argv[i] = (char *) json_string_value(json_array_get(a, i));
-            }
-            environ = envp;
-            execvp(argv[0], argv);
-            if (errno == ENOENT) {
-                fprintf(stderr, "llmsafespace: %s: command not found\n",
-                        argv[0]);
-                _exit(127);
-            }
-            lss_die(argv[0]);
-        }
+        close(sv[1]);
+        close(wsv[0]);
+        lss_worker(wsv[1], python);
     }
+
+    close(wsv[1]);
+
+    /* idle until the zygote hands over an execution, or goes away */
+    n = lss_fd_recv(sv[1], fds, LSS_FD_MAX);
+    if (n < LSS_FD_CTL + 1) {
+        kill(pid, SIGKILL);
+        _exit(0);
+    }
+    close(sv[1]);
+
+    /* from now on the runner decides, through ctl, when this tree dies */
+    prctl(PR_SET_PDEATHSIG, 0, 0, 0, 0);
+
+    ctl = fds[LSS_FD_CTL];
+    for (i = n; i < LSS_FD_MAX; i++) {
+        fds[i] = -1;
+    }
+
+    nw = 0;
+    wfds[nw++] = fds[LSS_FD_REQ];
+    wfds[nw++] = fds[LSS_FD_STDIN];
+    wfds[nw++] = fds[LSS_FD_STDOUT];
+    wfds[nw++] = fds[LSS_FD_STDERR];
+    if (fds[LSS_FD_EXTRA] >= 0) {
+        wfds[nw++] = fds[LSS_FD_EXTRA];
+    }
+
+    /* a worker that died meanwhile is reported like any other exit */
+    (void) lss_fd_send(wsv[0], wfds, nw);
 
     /* the shepherd keeps none of the execution's pipes */
-    close(fds[LSS_FD_STDIN]);
-    close(fds[LSS_FD_STDOUT]);
-    close(fds[LSS_FD_STDERR]);
-    if (fds[LSS_FD_EXTRA] >= 0) {
-        close(fds[LSS_FD_EXTRA]);
+    for (i = 0; i < nw; i++) {
+        close(wfds[i]);
     }
+    close(wsv[0]);
 
     done = 0;
     killed = 0;
@@ -223,6 +317,13 @@ lss_kill_descendants(void)
 
     self = getpid();
 
+    while (waitpid(-1, NULL, WNOHANG) > 0) {
+        /* reap */
+    }
+    if (waitpid(-1, NULL, WNOHANG) < 0 && errno == ECHILD) {
+        return 0;
+    }
+
     pids = malloc(LSS_MAX_PROCS * sizeof(pid_t));
     ppids = malloc(LSS_MAX_PROCS * sizeof(pid_t));
     mark = malloc(LSS_MAX_PROCS);
@@ -236,6 +337,15 @@ lss_kill_descendants(void)
     for (round = 0; round < LSS_KILL_ROUNDS; round++) {
         while (waitpid(-1, NULL, WNOHANG) > 0) {
             /* reap */
+        }
+
+        /*
+         * Every descendant is a child of ours or below a living child
+         * (orphans are re-parented to us): no child means no
+         * descendant, and the common case needs no /proc walk.
+         */
+        if (waitpid(-1, NULL, WNOHANG) < 0 && errno == ECHILD) {
+            break;
         }
 
         d = opendir("/proc");

@@ -8,6 +8,7 @@
 
 #include "lss_zygote.h"
 #include "lss_proto.h"
+#include "lss_fdpass.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -29,22 +30,16 @@ void PyOS_BeforeFork(void);
 void PyOS_AfterFork_Parent(void);
 
 
-static json_t *lss_zygote_request(int fd);
+static void lss_zygote_idle(int *idle, int python, int sfd);
 
 
 int
 main(int argc, char **argv)
 {
-    int             c, python, nscripts, sfd, n, i, nfd;
-    int             fds[LSS_FD_MAX], rfds[LSS_FD_MAX];
-    char           *packages, *scripts[16], cbuf[CMSG_SPACE(sizeof(rfds))];
-    char            dummy;
-    pid_t           pid;
-    json_t         *req;
+    int             c, python, nscripts, sfd, n, i, idle;
+    int             fds[LSS_FD_MAX];
+    char           *packages, *scripts[16];
     sigset_t        set;
-    struct iovec    iov;
-    struct msghdr   msg;
-    struct cmsghdr *cm;
     struct pollfd   pfd[2];
     struct signalfd_siginfo  si;
 
@@ -87,6 +82,11 @@ main(int argc, char **argv)
     }
     umask(022);
 
+    if (lss_seccomp_init() != 0) {
+        fprintf(stderr, "zygote: cannot build the seccomp filter\n");
+        return 1;
+    }
+
     if (python && lss_py_init(packages, scripts, nscripts) != 0) {
         fprintf(stderr, "zygote: python initialisation failed\n");
         return 1;
@@ -103,6 +103,9 @@ main(int argc, char **argv)
     if (send(LSS_ZYGOTE_FD, "R", 1, MSG_NOSIGNAL) != 1) {
         return 1;
     }
+
+    idle = -1;
+    lss_zygote_idle(&idle, python, sfd);
 
     pfd[0].fd = LSS_ZYGOTE_FD;
     pfd[0].events = POLLIN;
@@ -130,78 +133,69 @@ main(int argc, char **argv)
             continue;
         }
 
-        memset(&msg, 0, sizeof(msg));
-        iov.iov_base = &dummy;
-        iov.iov_len = 1;
-        msg.msg_iov = &iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = cbuf;
-        msg.msg_controllen = sizeof(cbuf);
-
-        n = recvmsg(LSS_ZYGOTE_FD, &msg, MSG_CMSG_CLOEXEC);
-        if (n <= 0) {
+        n = lss_fd_recv(LSS_ZYGOTE_FD, fds, LSS_FD_MAX);
+        if (n == 0) {
             /* the runner is gone */
             return 0;
         }
-
-        nfd = 0;
-        cm = CMSG_FIRSTHDR(&msg);
-        if (cm != NULL && cm->cmsg_level == SOL_SOCKET
-            && cm->cmsg_type == SCM_RIGHTS)
-        {
-            nfd = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-            if (nfd > LSS_FD_MAX) {
-                nfd = LSS_FD_MAX;
-            }
-            memcpy(rfds, CMSG_DATA(cm), nfd * sizeof(int));
-        }
-
-        if (nfd < LSS_FD_CTL + 1) {
-            for (i = 0; i < nfd; i++) {
-                close(rfds[i]);
-            }
+        if (n < 0) {
             continue;
         }
 
-        for (i = 0; i < LSS_FD_MAX; i++) {
-            fds[i] = i < nfd ? rfds[i] : -1;
+        /* hand the execution to the waiting shepherd, then replace it */
+        if (n > LSS_FD_CTL) {
+            for (i = 0; i < 2; i++) {
+                if (idle < 0) {
+                    lss_zygote_idle(&idle, python, sfd);
+                }
+                if (idle >= 0 && lss_fd_send(idle, fds, n) == 0) {
+                    break;
+                }
+                if (idle >= 0) {
+                    close(idle);
+                    idle = -1;
+                }
+            }
+            if (idle >= 0) {
+                close(idle);
+                idle = -1;
+            }
         }
 
-        req = lss_zygote_request(fds[LSS_FD_REQ]);
-
-        if (req != NULL) {
-            if (python) {
-                PyOS_BeforeFork();
-            }
-
-            pid = fork();
-
-            if (pid == 0) {
-                close(LSS_ZYGOTE_FD);
-                close(sfd);
-                sigprocmask(SIG_UNBLOCK, &set, NULL);
-                close(fds[LSS_FD_REQ]);
-                lss_shepherd(req, fds, python
-                             && json_object_get(req, "python") != NULL);
-            }
-
-            if (python) {
-                PyOS_AfterFork_Parent();
-            }
-
-            json_decref(req);
-        }
-
-        /* a failed fork closes the control socket: the runner sees EOF */
-        for (i = 0; i < nfd; i++) {
+        /* a failed hand-over closes the control socket: the runner sees EOF */
+        for (i = 0; i < n; i++) {
             close(fds[i]);
         }
+
+        lss_zygote_idle(&idle, python, sfd);
     }
 }
 
 
-static json_t *
-lss_zygote_request(int fd)
+/* keep one shepherd (with its worker) forked and waiting */
+static void
+lss_zygote_idle(int *idle, int python, int sfd)
+{
+    if (*idle >= 0) {
+        return;
+    }
+
+    if (python) {
+        PyOS_BeforeFork();
+    }
+
+    if (lss_shepherd_spawn(idle, python, LSS_ZYGOTE_FD, sfd) < 0) {
+        *idle = -1;
+    }
+
+    if (python) {
+        PyOS_AfterFork_Parent();
+    }
+}
+
+
+json_t *
+lss_request_read(int fd)
 {
     FILE          *f;
     json_t        *req;

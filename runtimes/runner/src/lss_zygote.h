@@ -15,11 +15,15 @@
 
 /* lss_confine.c */
 int lss_confine(json_t *req, int *fds);
+int lss_seccomp_init(void);
 char **lss_env_build(json_t *req);
 
 /* lss_shepherd.c */
-void lss_shepherd(json_t *req, int *fds, int python)
-    __attribute__((noreturn));
+pid_t lss_shepherd_spawn(int *sock, int python, int close1, int close2);
+void lss_exec_argv(json_t *req) __attribute__((noreturn));
+
+/* lss_zygote.c */
+json_t *lss_request_read(int fd);
 
 /* lss_python.c */
 int lss_py_init(const char *packages, char **scripts, int nscripts);
