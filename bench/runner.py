@@ -82,6 +82,14 @@ class Sandbox:
             raise RuntimeError("execution failed: %s" % r.text[:500])
         return dt
 
+    def healthz(self):
+        t0 = time.perf_counter()
+        r = self.http.get("/healthz")
+        dt = time.perf_counter() - t0
+        if r.status_code != 200:
+            raise RuntimeError("healthz: %d" % r.status_code)
+        return dt
+
     def memory(self):
         pss = 0
         for pid in self.c.host_pids():
@@ -146,6 +154,9 @@ def main():
         time.sleep(1.0)
         pss, usage = plain.memory()
         rows = []
+        # The floor under every figure: this Python client and one HTTP
+        # exchange on the unix socket, no execution.
+        floor = [plain.healthz() for _ in range(args.execs * 2)]
         a, b = measure(args.rounds, args.execs, args.fresh, plain,
                        "print(1)")
         rows.append(("execute print(1), runner", a,
@@ -176,6 +187,8 @@ def main():
               % (name, statistics.median(a) * ms, pct(a, 99) * ms, bname,
                  statistics.median(b) * ms, pct(b, 99) * ms,
                  statistics.median(a) / statistics.median(b)))
+    print("| GET /healthz (client + HTTP floor) | %.2f | %.2f | | | | |"
+          % (statistics.median(floor) * ms, pct(floor, 99) * ms))
     print("| idle runner + zygotes, no preloads: PSS | %.1f MiB | | "
           "memory cgroup usage | %s | | |"
           % (pss / 1024.0, "%.1f MiB" % (usage / 1024.0)
