@@ -9,6 +9,7 @@
 
 #include "lss_runner.h"
 #include "lss_proto.h"
+#include "lss_fdpass.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -30,33 +31,6 @@ struct lss_context_s {
 static pthread_mutex_t  lss_ctx_lock = PTHREAD_MUTEX_INITIALIZER;
 static lss_context_t   *lss_ctxs;
 static int              lss_nctx;
-
-
-static int
-lss_send_fds(int sock, int *fds, int n)
-{
-    char            c, cbuf[CMSG_SPACE(8 * sizeof(int))];
-    struct iovec    iov;
-    struct msghdr   msg;
-    struct cmsghdr *cm;
-
-    memset(&msg, 0, sizeof(msg));
-    memset(cbuf, 0, sizeof(cbuf));
-    c = 'X';
-    iov.iov_base = &c;
-    iov.iov_len = 1;
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf;
-    msg.msg_controllen = CMSG_SPACE(n * sizeof(int));
-    cm = CMSG_FIRSTHDR(&msg);
-    cm->cmsg_level = SOL_SOCKET;
-    cm->cmsg_type = SCM_RIGHTS;
-    cm->cmsg_len = CMSG_LEN(n * sizeof(int));
-    memcpy(CMSG_DATA(cm), fds, n * sizeof(int));
-
-    return sendmsg(sock, &msg, MSG_NOSIGNAL) == 1 ? 0 : -1;
-}
 
 
 static lss_context_t *
@@ -182,7 +156,7 @@ lss_context_run(lss_exec_t *ex, int *fds)
 
     pthread_mutex_unlock(&lss_ctx_lock);
 
-    if (lss_send_fds(ctx->sock, fds, 4) != 0) {
+    if (lss_fd_send(ctx->sock, fds, 4) != 0) {
         lss_context_done(ex, 1);
         ex->error = strdup("the context is gone");
         fds[4] = fds[5] = -1;

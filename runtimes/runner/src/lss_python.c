@@ -11,6 +11,7 @@
 
 #include "lss_zygote.h"
 #include "lss_proto.h"
+#include "lss_fdpass.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -186,13 +187,10 @@ lss_py_run(json_t *req, int *fds)
 void
 lss_py_context(json_t *req, int *fds)
 {
-    int               n, i, nfd, rfds[4], devnull, rc;
-    char             *code, cbuf[CMSG_SPACE(4 * sizeof(int))], dummy;
+    int               i, nfd, rfds[4], devnull, rc;
+    char             *code;
     json_t           *r;
     PyObject         *m;
-    struct iovec      iov;
-    struct msghdr     msg;
-    struct cmsghdr   *cm;
     lss_ctx_reply_t   reply;
 
     PyOS_AfterFork_Child();
@@ -206,24 +204,9 @@ lss_py_context(json_t *req, int *fds)
     devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
 
     for ( ;; ) {
-        memset(&msg, 0, sizeof(msg));
-        iov.iov_base = &dummy;
-        iov.iov_len = 1;
-        msg.msg_iov = &iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = cbuf;
-        msg.msg_controllen = sizeof(cbuf);
-
-        n = recvmsg(3, &msg, MSG_CMSG_CLOEXEC);
-        if (n <= 0) {
+        nfd = lss_fd_recv(3, rfds, 4);
+        if (nfd <= 0) {
             _exit(0);
-        }
-
-        nfd = 0;
-        cm = CMSG_FIRSTHDR(&msg);
-        if (cm != NULL && cm->cmsg_type == SCM_RIGHTS) {
-            nfd = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-            memcpy(rfds, CMSG_DATA(cm), nfd * sizeof(int));
         }
         if (nfd != 4) {
             _exit(1);

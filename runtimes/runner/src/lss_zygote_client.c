@@ -5,6 +5,7 @@
  */
 
 #include "lss_runner.h"
+#include "lss_fdpass.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -203,30 +204,10 @@ lss_zygotes_ready(void)
 int
 lss_zygote_send(lss_zygote_kind_t kind, int *fds, int nfds)
 {
-    int             rc;
-    char            c, cbuf[CMSG_SPACE(8 * sizeof(int))];
-    struct iovec    iov;
-    struct msghdr   msg;
-    struct cmsghdr *cm;
-    lss_zygote_t   *z;
+    int            rc;
+    lss_zygote_t  *z;
 
     z = &lss_zygotes[kind];
-
-    memset(&msg, 0, sizeof(msg));
-    memset(cbuf, 0, sizeof(cbuf));
-    c = 'E';
-    iov.iov_base = &c;
-    iov.iov_len = 1;
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf;
-    msg.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
-
-    cm = CMSG_FIRSTHDR(&msg);
-    cm->cmsg_level = SOL_SOCKET;
-    cm->cmsg_type = SCM_RIGHTS;
-    cm->cmsg_len = CMSG_LEN(nfds * sizeof(int));
-    memcpy(CMSG_DATA(cm), fds, nfds * sizeof(int));
 
     pthread_mutex_lock(&z->lock);
     if (!z->ready) {
@@ -234,7 +215,7 @@ lss_zygote_send(lss_zygote_kind_t kind, int *fds, int nfds)
         errno = EAGAIN;
         return -1;
     }
-    rc = sendmsg(z->fd, &msg, MSG_NOSIGNAL) == 1 ? 0 : -1;
+    rc = lss_fd_send(z->fd, fds, nfds);
     pthread_mutex_unlock(&z->lock);
 
     return rc;
