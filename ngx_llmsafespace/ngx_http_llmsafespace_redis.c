@@ -462,7 +462,11 @@ ngx_http_llmsafespace_redis_cancel(ngx_http_llmsafespace_redis_cmd_t *cmd)
     cmd->handler = NULL;
     cmd->data = NULL;
 
-    if (--rd->nwaiting == 0 && rd->expire_ev.timer_set) {
+    if (rd->nwaiting) {
+        rd->nwaiting--;
+    }
+
+    if (rd->nwaiting == 0 && rd->expire_ev.timer_set) {
         ngx_del_timer(&rd->expire_ev);
     }
 }
@@ -863,9 +867,10 @@ ngx_http_llmsafespace_redis_park(void)
 static void
 ngx_http_llmsafespace_redis_free_fifo(ngx_queue_t *q, ngx_int_t rc)
 {
-    ngx_queue_t                        *h;
-    ngx_http_llmsafespace_redis_t      *rd;
-    ngx_http_llmsafespace_redis_cmd_t  *cmd;
+    ngx_queue_t                            *h;
+    ngx_http_llmsafespace_redis_t          *rd;
+    ngx_http_llmsafespace_redis_cmd_t      *cmd;
+    ngx_http_llmsafespace_redis_handler_pt  handler;
 
     rd = &ngx_http_llmsafespace_redis;
 
@@ -875,9 +880,12 @@ ngx_http_llmsafespace_redis_free_fifo(ngx_queue_t *q, ngx_int_t rc)
 
         cmd = ngx_queue_data(h, ngx_http_llmsafespace_redis_cmd_t, queue);
 
-        if (cmd->handler && rc != NGX_DECLINED) {
+        handler = cmd->handler;
+        cmd->handler = NULL;
+
+        if (handler && rc != NGX_DECLINED) {
             rd->errors++;
-            cmd->handler(cmd->data, NULL, rc);
+            handler(cmd->data, NULL, rc);
         }
 
         ngx_free(cmd);
@@ -1116,9 +1124,10 @@ ngx_http_llmsafespace_redis_read_handler(ngx_event_t *rev)
 static ngx_int_t
 ngx_http_llmsafespace_redis_dispatch(redisReply *reply)
 {
-    ngx_queue_t                        *q;
-    ngx_http_llmsafespace_redis_t      *rd;
-    ngx_http_llmsafespace_redis_cmd_t  *cmd;
+    ngx_queue_t                            *q;
+    ngx_http_llmsafespace_redis_t          *rd;
+    ngx_http_llmsafespace_redis_cmd_t      *cmd;
+    ngx_http_llmsafespace_redis_handler_pt  handler;
 
     rd = &ngx_http_llmsafespace_redis;
 
@@ -1173,9 +1182,14 @@ ngx_http_llmsafespace_redis_dispatch(redisReply *reply)
         ngx_http_llmsafespace_metrics_latency(NGX_HTTP_LLMSAFESPACE_LAT_REDIS,
                                               ngx_current_msec - cmd->start);
 
-        if (cmd->handler) {
+        /* cleared first: the handler may cancel its own command */
+
+        handler = cmd->handler;
+
+        if (handler) {
+            cmd->handler = NULL;
             rd->nwaiting--;
-            cmd->handler(cmd->data, reply, NGX_OK);
+            handler(cmd->data, reply, NGX_OK);
         }
     }
 

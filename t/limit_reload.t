@@ -35,13 +35,17 @@ http {
             llmsafespace_limit default zone=slow;
         }
 
-        location /busy/api/v1/ {
-            rewrite ^/busy(/.*)$ $1 break;
+        # GENERATION
+    }
+
+    # the same API on another port, limited by zone "busy"
+    server {
+        listen 127.0.0.1:%%PORT_8081%%;
+
+        location /api/v1/ {
             llmsafespace_api;
             llmsafespace_limit default zone=busy;
         }
-
-        # GENERATION
     }
 }
 EOF
@@ -49,7 +53,7 @@ EOF
 (my $c = $conf) =~ s/GENERATION/generation 1/;
 $t->run($c);
 
-sub user { $t->get($_[1] // '/api/v1/user', key => $_[0]{key}) }
+sub user { $t->get('/api/v1/user', key => $_[0]{key}) }
 
 # reload and wait until only new workers are left: a bounded wait that
 # fails if an old worker does not exit
@@ -92,7 +96,7 @@ is(user($k2)->{status}, 200, 'k2 allowed after the reload');
 my $reloads = 0;
 
 my @res = $t->parallel(count => 1200, concurrency => 8, keepalive => 0,
-    timeout => 60,
+    timeout => 60, port => port(8081),
     request => sub {
         my $i = shift;
 
@@ -103,7 +107,7 @@ my @res = $t->parallel(count => 1200, concurrency => 8, keepalive => 0,
         }
 
         my $k = $i % 2 ? $k2 : $k3;
-        return ('GET', '/busy/api/v1/user',
+        return ('GET', '/api/v1/user',
             { Authorization => "Bearer $k->{key}" });
     });
 

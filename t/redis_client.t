@@ -40,18 +40,22 @@ http {
             llmsafespace_limit default zone=slow;
         }
 
-        location /busy/api/v1/ {
-            rewrite ^/busy(/.*)$ $1 break;
-            llmsafespace_api;
-            llmsafespace_limit default zone=busy;
-        }
-
         location = /healthz {
             llmsafespace_health;
         }
 
         location = /metrics {
             llmsafespace_metrics;
+        }
+    }
+
+    # the same API on another port, limited by zone "busy"
+    server {
+        listen 127.0.0.1:%%PORT_8081%%;
+
+        location /api/v1/ {
+            llmsafespace_api;
+            llmsafespace_limit default zone=busy;
         }
     }
 }
@@ -82,9 +86,10 @@ my ($calls_before) = ($before{cmdstat_evalsha} // 'calls=0') =~ /calls=(\d+)/;
 
 my $n = 2000;
 my @res = $t->parallel(count => $n, concurrency => 64, timeout => 120,
+    port => port(8081),
     request => sub {
         my $key = $keys[$_[0] % @keys];
-        return ('GET', '/busy/api/v1/user',
+        return ('GET', '/api/v1/user',
             { Authorization => "Bearer $key->{key}" });
     });
 
