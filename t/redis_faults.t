@@ -5,6 +5,7 @@
 #   - nothing listens at the configured address (at startup already);
 #   - a server accepts connections but never answers (commands time out,
 #     the connection is declared dead, the queue bound holds);
+#   - connects never complete (connect_timeout);
 #   - the password is wrong.
 
 use warnings;
@@ -143,6 +144,38 @@ ok($tb->wait_for(sub { counter($tb, port(8081), 'errors_total') > 0 }, 10),
     'metrics: refused commands counted');
 like($tb->read_file('error.log'), qr/\[error\].*no reply within the timeout/,
     'a connection without replies is declared dead');
+
+###############################################################################
+# connects that never complete: a listener whose backlog is full drops
+# SYNs, so only connect_timeout ends them
+
+my $tq = LSS::Test->new(workers => 1);
+$tq->write_file('keys', $ta->read_file('keys'));
+
+my $full = port('full');
+my $listener = IO::Socket::IP->new(LocalHost => '127.0.0.1',
+    LocalPort => $full, Listen => 1, ReuseAddr => 1) or die $!;
+my @fill = map {
+    IO::Socket::IP->new(PeerAddr => "127.0.0.1:$full", Timeout => 1)
+} 1 .. 2;
+
+(my $full_conf = $conf) =~ s/backoff=/connect_timeout=200ms backoff=/;
+start($tq, port(8083), "127.0.0.1:$full",
+    'llmsafespace_limit_redis_down refuse;', $full_conf);
+
+@r = map { get($tq, port(8083), '/api/v1/user', $keys[3]) } 1 .. 3;
+is_deeply([map { $_->{status} } @r], [503, 503, 503],
+    'connect never completes: requests answered 503');
+ok($tq->wait_for(sub {
+    $tq->read_file('error.log') =~ /\[error\].*connect timed out/
+}, 10), 'connect timeout logged');
+is(get($tq, port(8083), '/healthz')->{status}, 503,
+    'connect never completes: /healthz says redis is down');
+
+$tq->stop();
+is(join("\n", $tq->error_log_alerts()), '', 'full backlog: no alerts');
+close $_ for grep { defined } @fill;
+close $listener;
 
 ###############################################################################
 # wrong password
