@@ -48,6 +48,7 @@ typedef struct {
 
     /* filled by the driver's list, per tick */
     int         cstate;
+    char        why[160];            /* last start failure, for message */
 } lsc_sandbox_t;
 
 
@@ -112,6 +113,9 @@ typedef struct {
                        size_t *n);
     /* 1: the runner answers /readyz, 0: not yet, -1: cannot ask */
     int        (*inspect)(struct lsc_ctx_s *ctx, const lsc_sandbox_t *sb);
+    /* the last line the container wrote (why it did not start) */
+    void       (*diagnose)(struct lsc_ctx_s *ctx, const char *id, char *buf,
+                           size_t len);
     /* artifact ids (bundles, run dirs) with or without a container */
     int        (*artifacts)(struct lsc_ctx_s *ctx, char ***ids, size_t *n);
 } lsc_driver_t;

@@ -530,6 +530,38 @@ lsc_local_inspect(lsc_ctx_t *ctx, const lsc_sandbox_t *sb)
 }
 
 
+/*
+ * The last line of the container's log (runtime and runner stderr),
+ * reduced to printable ASCII: it becomes the record's message, and the
+ * runner's output is not trusted to be anything in particular.
+ */
+static void
+lsc_local_diagnose(lsc_ctx_t *ctx, const char *id, char *buf, size_t len)
+{
+    char    path[LSC_PATH_LEN + 64], *text, *line, *p;
+    size_t  n, i;
+
+    buf[0] = '\0';
+    snprintf(path, sizeof(path), "%s/bundles/%s/container.log",
+             ctx->state_dir, id);
+    text = lsc_read_file(path, 64 * 1024);
+    if (text == NULL) {
+        return;
+    }
+    n = strlen(text);
+    while (n > 0 && (text[n - 1] == '\n' || text[n - 1] == '\r')) {
+        text[--n] = '\0';
+    }
+    line = strrchr(text, '\n');
+    line = line ? line + 1 : text;
+    for (i = 0, p = line; *p != '\0' && i + 1 < len; p++) {
+        buf[i++] = (*p >= 0x20 && *p < 0x7f) ? *p : '?';
+    }
+    buf[i] = '\0';
+    free(text);
+}
+
+
 static int
 lsc_scan(const char *dir, char ***ids, size_t *n)
 {
@@ -594,5 +626,6 @@ const lsc_driver_t  lsc_local_driver = {
     lsc_local_destroy,
     lsc_local_list,
     lsc_local_inspect,
+    lsc_local_diagnose,
     lsc_local_artifacts,
 };

@@ -108,7 +108,8 @@ lsc_start(lsc_ctx_t *ctx, lsc_sandbox_t *sb)
     }
     if (sb->attempts >= ctx->max_attempts) {
         return lsc_terminate(ctx, sb, "Failed", "CreateFailed",
-                             "the container did not start");
+                             sb->why[0] ? sb->why
+                                        : "the container did not start");
     }
     if (sb->slot < 0 && lsc_slot_alloc(ctx, sb) != 0) {
         lsc_log("error", "%s: no free slot", sb->id);
@@ -118,7 +119,8 @@ lsc_start(lsc_ctx_t *ctx, lsc_sandbox_t *sb)
     /* the record says Creating before anything exists: a crash from
      * here on leaves a record that names what to clean or adopt */
     if (lsc_pg_set_phase(ctx, sb, "Creating", NULL,
-                         sb->attempts ? "Retry" : "Starting", NULL) != 0)
+                         sb->attempts ? "Retry" : "Starting",
+                         sb->why[0] ? sb->why : NULL) != 0)
     {
         return -1;
     }
@@ -126,10 +128,12 @@ lsc_start(lsc_ctx_t *ctx, lsc_sandbox_t *sb)
     ctx->busy = 1;
 
     if (ctx->driver->create(ctx, sb, pool) != 0) {
+        ctx->driver->diagnose(ctx, sb->id, sb->why, sizeof(sb->why));
         ctx->driver->destroy(ctx, sb->id);
         if (sb->attempts >= ctx->max_attempts) {
             return lsc_terminate(ctx, sb, "Failed", "CreateFailed",
-                                 "the container did not start");
+                                 sb->why[0] ? sb->why
+                                            : "the container did not start");
         }
         return -1;
     }
@@ -147,7 +151,9 @@ lsc_creating(lsc_ctx_t *ctx, lsc_sandbox_t *sb, int64_t now, int *budget)
 
     if (sb->cstate != LSC_C_RUNNING) {
         /* died while starting, or a start a crash interrupted */
-        lsc_log("warn", "%s: container gone while starting", sb->id);
+        ctx->driver->diagnose(ctx, sb->id, sb->why, sizeof(sb->why));
+        lsc_log("warn", "%s: container gone while starting: %s", sb->id,
+                sb->why);
         if (*budget > 0) {
             (*budget)--;
             lsc_start(ctx, sb);

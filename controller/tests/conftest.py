@@ -34,6 +34,7 @@ BIN = os.path.join(BUILD, "controller", "llmsafespace-controller")
 ROOTFS = os.path.join(BUILD, "rootfs")
 MKBUNDLE = os.path.join(TOP, "runtimes", "oci", "mkbundle")
 CLAIM_LUA = os.path.join(CONTROLLER_DIR, "contract", "claim.lua")
+SCHEMA = os.path.join(TOP, "sql", "controller.sql")
 PGBIN = "/usr/lib/postgresql/15/bin"
 TOKEN_HEADER = "X-LLMSafeSpace-Runner-Token"
 
@@ -114,6 +115,10 @@ class Env:
         self.conninfo = "host=%s user=postgres dbname=%s" % (pg_dir, self.db)
         self.pg = psycopg2.connect(self.conninfo)
         self.pg.autocommit = True
+        # applied here too (the controller applies it at start): the
+        # schema is idempotent, and tests may read before it starts
+        with open(SCHEMA) as f:
+            self.q(f.read())
 
         with open(CLAIM_LUA) as f:
             self.claim_script = self.r.register_script(f.read())
@@ -223,10 +228,12 @@ class Env:
     def create(self, runtime="python", level="standard", timeout=600,
                owner="alice", **extra):
         sid = "sb-" + secrets.token_hex(10)
-        self.request(type="create", id=sid, owner=owner, runtime=runtime,
-                     securityLevel=level, timeout=str(timeout),
-                     resources=json.dumps({"cpu": "1", "memory": "256Mi"}),
-                     networkAccess="{}", labels="{}", **extra)
+        fields = dict(type="create", id=sid, owner=owner, runtime=runtime,
+                      securityLevel=level, timeout=str(timeout),
+                      resources=json.dumps({"cpu": "1", "memory": "256Mi"}),
+                      networkAccess="{}", labels="{}")
+        fields.update(extra)
+        self.request(**fields)
         return sid
 
     def events(self, sid=None):

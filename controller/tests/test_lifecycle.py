@@ -1,0 +1,152 @@
+"""Cold sandboxes through lss:requests: create, run code (runc and runsc),
+posture seen from inside, expiry, explicit delete, refused requests."""
+
+import json
+
+import pytest
+
+from conftest import needs_root, wait_until
+
+pytestmark = needs_root
+
+POSTURE = r"""
+import json, os, socket
+st = dict(l.split(':\t', 1) for l in open('/proc/self/status').read().splitlines() if ':\t' in l)
+def writable(p):
+    try:
+        with open(os.path.join(p, '.probe'), 'w') as f:
+            f.write('x')
+        os.unlink(os.path.join(p, '.probe'))
+        return True
+    except OSError:
+        return False
+def connects():
+    s = socket.socket()
+    s.settimeout(2)
+    try:
+        s.connect(('1.1.1.1', 53))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+print(json.dumps({
+    'seccomp': st['Seccomp'].strip(), 'nnp': st['NoNewPrivs'].strip(),
+    'capeff': st['CapEff'].strip(), 'uid': os.getuid(),
+    'root_rw': writable('/') or writable('/usr'),
+    'ws_rw': writable('/workspace'), 'tmp_rw': writable('/tmp'),
+    'ifaces': sorted(os.listdir('/sys/class/net')),
+    'net': connects(),
+    'token_env': any('TOKEN' in k for k in os.environ),
+    'run_dir': os.access('/run/llmsafespace/token', os.R_OK),
+    'pids': sorted(int(p) for p in os.listdir('/proc') if p.isdigit())[:3],
+}))
+"""
+
+
+@pytest.mark.parametrize("level", ["standard", "high"])
+def test_cold_sandbox_runs_code_with_the_expected_posture(env, level):
+    env.start()
+    sid = env.create(level=level)
+    wait_until(lambda: (env.record(sid) or ("",))[0] in ("Running",
+                                                         "Failed"),
+               60, what="Running")
+    msg = env.q("SELECT message FROM sandboxes WHERE id = %s", sid)[0][0]
+    if level == "high" and msg and "runner.sock: Operation not permitted" \
+            in msg:
+        # runsc 20221219 refuses chmod on a host-backed socket; the
+        # runner (runtimes/runner) chmods its socket after bind
+        pytest.xfail("runner cannot listen under gVisor: " + msg)
+    assert env.record(sid)[0] == "Running", msg
+    route = env.r.hgetall("lss:sb:" + sid)
+    assert route["owner"] == "alice" and route["pool"] == ""
+    assert int(route["expires"]) > 0
+    assert [e["type"] for e in env.events(sid)] == ["ready"]
+    rt = "runsc" if level == "high" else "runc"
+    assert "lss-" + sid in env.containers()
+    assert env.containers()["lss-" + sid] == "running"
+    import os
+    assert os.listdir(os.path.join(env.state, rt))
+
+    out = env.execute(sid, POSTURE)
+    assert out["status"] == "completed", out
+    p = json.loads(out["stdout"])
+    assert p["seccomp"] == "2"
+    assert p["nnp"] == "1"
+    assert p["capeff"] == "0000000000000000"
+    assert p["uid"] != 0
+    assert not p["root_rw"]
+    assert p["ws_rw"] and p["tmp_rw"]
+    assert p["ifaces"] == ["lo"]
+    assert not p["net"]
+    assert not p["token_env"]
+    assert not p["run_dir"]
+
+    # a wrong token is refused by the runner
+    with env.runner(sid) as c:
+        r = c.post("/execute", headers={"X-LLMSafeSpace-Runner-Token": "x"},
+                   json={"type": "code", "language": "python",
+                         "content": "print(1)"})
+        assert r.status_code == 401
+
+
+def test_sandbox_expires_at_its_timeout(env):
+    env.start()
+    sid = env.create(timeout=3)
+    wait_until(lambda: (env.record(sid) or ("",))[0] == "Running", 60,
+               what="Running")
+    assert env.r.exists("lss:sb:" + sid)
+    wait_until(lambda: env.record(sid)[0] == "Terminated", 20,
+               what="expiry")
+    assert env.record(sid)[1] == "Expired"
+    assert not env.r.exists("lss:sb:" + sid)
+    assert "lss-" + sid not in env.containers()
+    assert sid not in env.artifacts()
+    assert [e["type"] for e in env.events(sid)] == [
+        "ready", "terminating", "terminated"]
+    # the request was acknowledged: nothing pending for the group
+    assert env.r.xpending("lss:requests", "controllers")["pending"] == 0
+
+
+def test_delete_request_terminates_and_is_idempotent(env):
+    env.start()
+    sid = env.create()
+    wait_until(lambda: (env.record(sid) or ("",))[0] == "Running", 60,
+               what="Running")
+    # the same create again (a retried gateway) changes nothing
+    env.request(type="create", id=sid, owner="mallory", runtime="python",
+                securityLevel="standard", timeout="600")
+    env.request(type="delete", id=sid, owner="alice")
+    env.request(type="delete", id=sid, owner="alice")
+    wait_until(lambda: env.record(sid)[0] == "Terminated", 30,
+               what="deleted")
+    assert env.record(sid)[1] == "Deleted"
+    assert env.record(sid)[2] == "alice"
+    assert not env.r.exists("lss:sb:" + sid)
+    assert env.running() == []
+    assert env.q("SELECT count(*) FROM sandboxes")[0][0] == 1
+
+
+def test_invalid_requests_are_refused_not_obeyed(env):
+    env.start()
+    bad_rt = env.create(runtime="cobol")
+    bad_level = env.create(level="root")
+    env.request(type="create", id="../../etc", owner="x", runtime="python")
+    env.request(type="create", id="sb-UPPER", owner="x", runtime="python")
+    env.request(type="explode", id="sb-0123456789abcdef")
+    bad_res = env.create(resources="[1,2]")
+    huge = env.create(timeout=10 ** 9)
+    ok = env.create()
+
+    wait_until(lambda: (env.record(ok) or ("",))[0] == "Running", 60,
+               what="the valid request served")
+    assert env.record(bad_rt)[:2] == ("Failed", "unknown runtime")
+    assert env.record(bad_level)[:2] == ("Failed",
+                                        "unsupported securityLevel")
+    assert env.record(bad_res)[0] == "Failed"
+    assert env.record(huge)[:2] == ("Failed", "invalid timeout")
+    assert env.q("SELECT count(*) FROM sandboxes")[0][0] == 5
+    assert env.running() == ["lss-" + ok]
+    assert env.r.xpending("lss:requests", "controllers")["pending"] == 0
+    failed = [e for e in env.events() if e["type"] == "failed"]
+    assert {e["id"] for e in failed} == {bad_rt, bad_level, bad_res, huge}
