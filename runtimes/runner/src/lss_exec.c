@@ -511,6 +511,24 @@ lss_exec_cancel(lss_exec_t *ex, lss_end_t why)
 }
 
 
+/* after a cancel: wait (bounded) until no execution runs */
+void
+lss_exec_wait_idle(int ms)
+{
+    int  busy, i;
+
+    for (i = 0; i < ms / 5; i++) {
+        pthread_mutex_lock(&lss_exec_lock);
+        busy = lss_execs != NULL;
+        pthread_mutex_unlock(&lss_exec_lock);
+        if (!busy) {
+            return;
+        }
+        usleep(5000);
+    }
+}
+
+
 void
 lss_exec_cancel_all(void)
 {

@@ -551,6 +551,9 @@ lss_reset(struct MHD_Connection *c, lss_req_t *r)
     lss_exec_cancel_all();
     lss_context_delete_all();
 
+    /* nothing may still be writing while the workspace is emptied */
+    lss_exec_wait_idle(3000);
+
     removed = 0;
     failed = 0;
 

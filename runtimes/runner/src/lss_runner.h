@@ -157,6 +157,7 @@ int lss_exec_run(lss_exec_t *ex);
 void lss_exec_cancel(lss_exec_t *ex, lss_end_t why);
 int lss_exec_stdin(lss_exec_t *ex, const char *p, size_t len, int eof);
 void lss_exec_cancel_all(void);
+void lss_exec_wait_idle(int ms);
 void lss_spare_fill(void);
 const char *lss_exec_status(lss_exec_t *ex);
 json_t *lss_exec_usage(lss_exec_t *ex);

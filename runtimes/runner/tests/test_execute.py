@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 
 import httpx
 
@@ -34,6 +35,12 @@ def test_python_preloads_visible(runner):
     r = runner.execute("import numpy\nprint(numpy.arange(3).sum(), "
                        "PRELOADED_HELPER)")
     assert r["stdout"] == "3 ready\n", r
+
+
+def test_numpy_works_in_a_worker(runner):
+    r = runner.execute("a = numpy.ones((300, 300))\nprint((a @ a)[0, 0])\n"
+                       "print(numpy.linalg.inv(numpy.eye(3) * 2)[0, 0])")
+    assert r["stdout"] == "300.0\n0.5\n", r
 
 
 def test_python_is_stateless_by_default(runner):
@@ -217,7 +224,17 @@ def test_validation_errors(runner):
 
 
 def test_reset(runner, clean_contexts):
+    import threading
     runner.execute("z = 1", context="c1")
+    res = {}
+    t = threading.Thread(target=lambda: res.update(runner.execute(
+        "import time\nwhile True:\n    open('busy', 'w').write('x')\n"
+        "    time.sleep(0.01)", timeout=30)))
+    t.start()
+    for _ in range(200):
+        if os.path.exists(os.path.join(runner.workspace, "busy")):
+            break
+        time.sleep(0.01)
     runner.command("echo hi > f.txt; mkdir -p d/e; touch d/e/g; "
                    "echo t > %s/mine" % runner.tmpdir)
     other = os.path.join(runner.tmpdir, "roots")
@@ -225,6 +242,8 @@ def test_reset(runner, clean_contexts):
         f.write("root's")
     r = runner.client.post("/reset")
     assert r.status_code == 200, r.text
+    t.join()
+    assert res["status"] == "cancelled"
     assert os.listdir(runner.workspace) == []
     assert os.listdir(runner.tmpdir) == ["roots"]
     r = runner.execute("print('z' in globals())", context="c1")
