@@ -1205,11 +1205,14 @@ ngx_http_llmsafespace_pg_lost(ngx_http_llmsafespace_pg_conn_t *pc,
     /* libpq's messages name host, port and user, never the password */
     ngx_log_error(NGX_LOG_ERR, pg->log, 0,
                   "llmsafespace postgres: connection #%ui %s: %*s%s "
-                  "retrying in %M ms", pc->index,
+                  "%s %M ms", pc->index,
                   pc->state == NGX_HTTP_LLMSAFESPACE_PG_CONNECTING
                   || pc->state == NGX_HTTP_LLMSAFESPACE_PG_CLOSED
                   ? "cannot connect" : "lost", p - msg, msg,
-                  (p > msg && p[-1] == '.') ? "" : ";", pc->backoff);
+                  (p > msg && p[-1] == '.') ? "" : ";",
+                  ngx_exiting ? "exiting, not retrying; backoff"
+                              : "retrying in",
+                  pc->backoff);
 
     q = pc->query;
     pc->query = NULL;
