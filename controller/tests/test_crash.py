@@ -1,0 +1,99 @@
+"""Crash safety and the single-instance lock: kill -9 in the middle of a
+fill, restart, and the world adds up exactly; orphans go; a second
+controller waits for the first."""
+
+import os
+import time
+
+from conftest import needs_root, wait_until
+
+pytestmark = needs_root
+
+
+def live(env):
+    return env.q("SELECT id, phase FROM sandboxes"
+                 " WHERE phase NOT IN ('Terminated', 'Failed')")
+
+
+def test_kill9_mid_fill_then_restart_settles_exactly(env):
+    env.pool("py", minSize=4, maxSize=4)
+    # one container per tick: the kill lands with work half done
+    env.start(extra=["--max-creates", "1"])
+    wait_until(lambda: len(env.containers()) >= 2, 60,
+               what="the fill under way")
+    env.kill9()
+    before = env.containers()
+    # the kill did land mid-fill: records not yet Running remain
+    assert any(r[1] != "Running" for r in live(env)), live(env)
+
+    # artifacts nobody owns: a stray bundle and run dir, and a route
+    stray = "sb-0000000000000000dead"
+    os.makedirs(os.path.join(env.state, "bundles", stray))
+    os.makedirs(os.path.join(env.state, "sandboxes", stray))
+    # a record that says Creating whose container never came
+    ghost = "sb-00000000000000000001"
+    env.q("INSERT INTO sandboxes (id, runtime, pool, phase, attempts)"
+          " VALUES (%s, 'python', 'py', 'Creating', 1)", ghost)
+
+    env.start(extra=["--max-creates", "1"])
+    wait_until(lambda: len(env.ready("py")) == 4, 90, what="4 ready")
+    # and it stays there: nothing more is started
+    time.sleep(1.0)
+
+    ready = sorted(env.ready("py"))
+    running = env.running()
+    assert running == sorted("lss-" + i for i in ready)
+    assert set(env.containers()) == set(running)
+    assert env.artifacts() == set(ready)
+    rows = live(env)
+    assert sorted(r[0] for r in rows) == ready
+    assert all(r[1] == "Running" for r in rows)
+    # containers running before the kill were adopted, not replaced
+    adopted = [c for c, st in before.items() if st == "running"]
+    assert adopted and set(adopted) <= set(running)
+    assert env.record(ghost)[0] in ("Running", "Terminated", "Failed")
+    for sid in ready:
+        route = env.r.hgetall("lss:sb:" + sid)
+        assert route["owner"] == "" and route["pool"] == "py"
+    assert len(ready) == len(set(ready))
+
+
+def test_routes_are_restored_after_redis_loses_them(env):
+    env.pool("py", minSize=1, maxSize=1)
+    env.start()
+    (warm,) = wait_until(lambda: env.ready("py"), 60, what="warm")
+    cold = env.create(owner="carol")
+    wait_until(lambda: (env.record(cold) or ("",))[0] == "Running", 60,
+               what="cold Running")
+
+    env.r.flushall()
+    # the stream and its group come back with the routes
+    wait_until(lambda: env.r.exists("lss:sb:" + cold)
+               and env.ready("py") == [warm], 30, what="restored")
+    assert env.r.hget("lss:sb:" + cold, "owner") == "carol"
+    assert env.r.hget("lss:sb:" + warm, "owner") == ""
+    sid = env.create(owner="dave")
+    wait_until(lambda: (env.record(sid) or ("",))[0] == "Running", 60,
+               what="requests served after the flush")
+
+
+def test_second_controller_waits_for_the_lock(env):
+    env.pool("py", minSize=1, maxSize=1)
+    first = env.start()
+    wait_until(lambda: len(env.ready("py")) == 1, 60, what="warm")
+    second = env.start()
+    wait_until(lambda: "waiting" in env.logs(), 10, what="second waits")
+    with open(os.path.join(env.state, "controller.lock")) as f:
+        assert int(f.read()) == first.pid
+    assert second.poll() is None
+
+    env.kill9(first)
+    # the second takes over and keeps the pool; the lock names it
+    wait_until(lambda: open(os.path.join(env.state, "controller.lock"))
+               .read().strip() == str(second.pid), 10, what="takeover")
+    env.pool("py", minSize=2, maxSize=2)
+    wait_until(lambda: len(env.ready("py")) == 2, 60, what="second works")
+    assert len(env.running()) == 2
+    env.stop(second)
+    # stopping leaves the sandboxes serving
+    assert len(env.running()) == 2
