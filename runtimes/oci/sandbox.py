@@ -62,6 +62,10 @@ class Container:
                 for a in v:
                     argv.append("--runner-arg=" + a)
                 continue
+            if k == "caps":
+                for a in v:
+                    argv += ["--cap", a]
+                continue
             argv += ["--" + k.replace("_", "-"), str(v)]
         if command:
             argv += ["--"] + command

@@ -404,6 +404,9 @@ for p in os.listdir('/proc'):
         except OSError:
             pass
 res['others'] = len(others)
+st1 = dict(l.split(':', 1) for l in open('/proc/1/status') if ':' in l)
+res['runner_caps'] = [st1.get('CapEff', '').strip(),
+                      st1.get('CapBnd', '').strip()]
 res['kill'] = sorted({e(lambda: os.kill(p, signal.SIGKILL)) for p in others})
 res['environ'] = sorted({e(lambda: open('/proc/%d/environ' % p, 'rb')
                           .read()[:3]) for p in others})
@@ -417,6 +420,8 @@ import json; print(json.dumps(res))
     assert res["sock"] == "EACCES"
     assert res["others"] >= 1          # the runner (and zygotes)
     assert res["kill"] == ["EPERM"]
+    # the runner itself (pid 1) holds CAP_KILL, CAP_SETGID, CAP_SETUID only
+    assert res["runner_caps"] == ["00000000000000e0"] * 2
     assert set(res["environ"]) <= {"EACCES", "EPERM", "ENOENT", "ESRCH"}
     assert set(res["mem"]) <= {"EACCES", "EPERM", "ENOENT", "ESRCH"}
     assert runner.c.token not in r["stdout"] + r["stderr"]
