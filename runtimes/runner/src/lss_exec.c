@@ -868,8 +868,8 @@ lss_node_send(lss_exec_t *ex, int fd)
     ssize_t  n;
     json_t  *j;
 
-    j = json_pack("{sssOss}", "code", ex->code,
-                  "env", ex->env ? ex->env : json_object(),
+    j = json_pack("{ssso*ss}", "code", ex->code,
+                  "env", ex->env ? json_incref(ex->env) : json_object(),
                   "cwd", ex->cwd ? ex->cwd : lss_conf.workspace);
     s = j ? json_dumps(j, JSON_COMPACT) : NULL;
     json_decref(j);
