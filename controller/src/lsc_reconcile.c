@@ -371,6 +371,13 @@ lsc_reconcile(lsc_ctx_t *ctx)
                               "the sandbox's container stopped");
             } else if (sb->expires_ms != 0 && now >= sb->expires_ms) {
                 lsc_terminate(ctx, sb, "Terminated", "Expired", NULL);
+
+            } else if (sb->pool[0] != '\0' && sb->owner[0] == '\0'
+                       && lsc_pool_find(ctx, sb->pool) == NULL
+                       && lsc_redis_retire(ctx, sb) == 1)
+            {
+                /* its pool is gone; a claimed one stays with its owner */
+                lsc_terminate(ctx, sb, "Terminated", "PoolRemoved", NULL);
             }
         }
     }

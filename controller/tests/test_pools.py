@@ -114,3 +114,46 @@ def test_container_killed_from_outside_ends_failed_and_is_replaced(env):
     new = wait_until(lambda: env.ready("py"), 60, what="replacement")
     assert new[0] != sid
     assert env.running() == ["lss-" + new[0]]
+
+
+def test_preloads_from_a_custom_resource_manifest(env):
+    # the WarmPool custom resource form, as kubectl would take it
+    with open(os.path.join(env.pools, "np.yaml"), "w") as f:
+        f.write("""\
+apiVersion: llmsafespace.dev/v1
+kind: WarmPool
+metadata:
+  name: np
+spec:
+  runtime: python:3.11
+  minSize: 1
+  maxSize: 2
+  preloadPackages: [numpy]
+  preloadScripts:
+    - name: setup
+      content: |
+        GREETING = "preloaded " + str(numpy.arange(3).sum())
+""")
+    env.start()
+    (sid,) = wait_until(lambda: env.ready("np"), 60, what="warm np")
+    row = env.q("SELECT runtime, min_size, max_size, source,"
+                " preload_packages FROM warm_pools WHERE name = 'np'")
+    assert row == [("python:3.11", 1, 2, "manifest", ["numpy"])]
+    env.claim("np", "alice")
+    out = env.execute(sid, "import sys\nprint('numpy' in sys.modules, "
+                           "GREETING)")
+    assert out["stdout"] == "True preloaded 3\n", out
+    # the script is the runner's, not the code's
+    out = env.execute(sid, "print(open('/run/llmsafespace/preload-setup')"
+                           ".read())")
+    assert out["status"] == "failed" and "Permission" in out["stderr"]
+
+    # the manifest removed: the pool goes, its unclaimed sandboxes retire,
+    # the claimed one stays with its owner
+    os.unlink(os.path.join(env.pools, "np.yaml"))
+    wait_until(lambda: not env.q("SELECT 1 FROM warm_pools"
+                                 " WHERE name = 'np'"), 10,
+               what="pool removed")
+    wait_until(lambda: env.running() == ["lss-" + sid], 30,
+               what="unclaimed retired")
+    assert env.r.hget("lss:sb:" + sid, "owner") == "alice"
