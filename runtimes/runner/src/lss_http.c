@@ -440,7 +440,10 @@ lss_http_start(void)
         MHD_OPTION_UNESCAPE_CALLBACK, lss_unescape, NULL,
         MHD_OPTION_URI_LOG_CALLBACK, lss_uri_log, NULL,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned) 512,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned) 0,
+        /* idle keep-alive connections go; an execution is not idle */
+        MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned) (lss_conf.max_timeout > 240 ? lss_conf.max_timeout + 60
+                                               : 300),
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t) 256 * 1024,
         MHD_OPTION_END);
 

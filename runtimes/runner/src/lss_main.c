@@ -50,12 +50,27 @@ lss_read_token(void)
     char         buf[4097], *env, *p;
     ssize_t      n;
     size_t       len;
+    struct stat  st;
 
     env = getenv("LLMSAFESPACE_RUNNER_TOKEN");
 
     if (lss_conf.token_file != NULL) {
         fd = open(lss_conf.token_file, O_RDONLY | O_CLOEXEC);
         if (fd < 0) {
+            return -1;
+        }
+
+        /* executed code must not be able to read it (checked, not hoped) */
+        if (fstat(fd, &st) != 0
+            || st.st_uid == lss_conf.exec_uid
+            || (st.st_mode & S_IROTH)
+            || ((st.st_mode & S_IRGRP) && st.st_gid == lss_conf.exec_gid))
+        {
+            close(fd);
+            fprintf(stderr, "runner: %s must not be readable by the exec "
+                    "uid/gid or others (mode 0600 root)\n",
+                    lss_conf.token_file);
+            errno = EACCES;
             return -1;
         }
         n = read(fd, buf, sizeof(buf) - 1);

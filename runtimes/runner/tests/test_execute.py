@@ -273,3 +273,53 @@ def test_node_spare_is_used_and_replaced(runner):
             break
         time.sleep(0.05)
     assert len(now) == 1 and now != spares   # and was replaced
+
+
+def test_token_file_readable_by_exec_uid_is_refused(runner, tmp_path):
+    import subprocess
+    from conftest import RUNNER
+    for mode, owner in ((0o644, 0), (0o600, EXEC_UID), (0o640, None)):
+        tok = tmp_path / "tok"
+        tok.write_text("t0ken")
+        os.chmod(tok, mode)
+        os.chown(tok, owner if owner is not None else 0,
+                 EXEC_UID if owner is None else 0)
+        p = subprocess.run([RUNNER, "--listen", "unix:%s/s" % tmp_path,
+                            "--token-file", str(tok),
+                            "--workspace", runner.workspace,
+                            "--tmp", runner.tmpdir,
+                            "--exec-uid", str(EXEC_UID),
+                            "--exec-gid", str(EXEC_UID)],
+                           capture_output=True, timeout=10)
+        assert p.returncode == 2, (mode, owner, p.stderr)
+        assert b"must not be readable" in p.stderr
+        assert b"t0ken" not in p.stderr
+
+
+def test_token_from_environment_is_wiped(runner, tmp_path):
+    import subprocess
+    from conftest import RUNNER
+    env = {"LLMSAFESPACE_RUNNER_TOKEN": "env-t0ken-xyz", "PATH": "/usr/bin"}
+    sock = str(tmp_path / "s")
+    p = subprocess.Popen([RUNNER, "--listen", "unix:" + sock,
+                          "--workspace", runner.workspace,
+                          "--tmp", runner.tmpdir, "--languages", "bash",
+                          "--exec-uid", str(EXEC_UID),
+                          "--exec-gid", str(EXEC_UID)], env=env,
+                         stderr=subprocess.DEVNULL)
+    try:
+        c = httpx.Client(transport=httpx.HTTPTransport(uds=sock),
+                         base_url="http://r")
+        for _ in range(200):
+            try:
+                r = c.get("/healthz", headers={HEADER: "env-t0ken-xyz"})
+                break
+            except httpx.TransportError:
+                time.sleep(0.02)
+        assert r.status_code == 200
+        with open("/proc/%d/environ" % p.pid, "rb") as f:
+            assert b"env-t0ken-xyz" not in f.read()
+        c.close()
+    finally:
+        p.terminate()
+        p.wait(10)
