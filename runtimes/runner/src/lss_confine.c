@@ -10,6 +10,7 @@
 #include "lss_zygote.h"
 #include "lss_proto.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -32,6 +33,7 @@
 
 
 static int lss_seccomp_build(void);
+static int lss_close_from(int lowfd);
 
 /* built once in the zygote; a worker only installs it */
 static struct sock_fprog  lss_seccomp_prog;
@@ -91,7 +93,9 @@ lss_confine(json_t *req, int *fds)
     }
 
     /* nothing of the zygote or the runner may leak (runc CVE-2024-21626) */
-    if (syscall(SYS_close_range, extra, ~0U, 0) < 0) {
+    if (syscall(SYS_close_range, extra, ~0U, 0) < 0
+        && lss_close_from(extra) != 0)
+    {
         lss_die("close_range");
     }
 
@@ -310,4 +314,38 @@ lss_env_build(json_t *req)
     }
 
     return envp;
+}
+
+
+/* close_range(2) is missing on older gVisor: list /proc/self/fd instead */
+static int
+lss_close_from(int lowfd)
+{
+    int             fd, n, i, fds[4096];
+    DIR            *d;
+    struct dirent  *de;
+
+    for ( ;; ) {
+        d = opendir("/proc/self/fd");
+        if (d == NULL) {
+            return -1;
+        }
+
+        n = 0;
+        while ((de = readdir(d)) != NULL && n < 4096) {
+            fd = atoi(de->d_name);
+            if (fd >= lowfd && fd != dirfd(d) && de->d_name[0] != '.') {
+                fds[n++] = fd;
+            }
+        }
+        closedir(d);
+
+        for (i = 0; i < n; i++) {
+            close(fds[i]);
+        }
+
+        if (n < 4096) {
+            return 0;
+        }
+    }
 }

@@ -250,7 +250,7 @@ lss_delete(struct MHD_Connection *c, lss_req_t *r, const char *rel)
 static enum MHD_Result
 lss_mkdir(struct MHD_Connection *c, lss_req_t *r, const char *rel)
 {
-    int          dfd, rc, err;
+    int          dfd, fd, rc, err;
     const char  *name;
 
     lss_fs_enter();
@@ -262,11 +262,19 @@ lss_mkdir(struct MHD_Connection *c, lss_req_t *r, const char *rel)
     }
     rc = mkdirat(dfd, name, 0755);
     err = errno;
+    fd = rc == 0 ? openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW
+                                     | O_CLOEXEC)
+                 : -1;
     close(dfd);
     lss_fs_leave();
 
     if (rc != 0) {
         return lss_errno_response(c, r, err);
+    }
+
+    if (fd >= 0) {
+        lss_fs_own(fd);
+        close(fd);
     }
 
     return lss_http_json(c, r, 201, json_pack("{ss}", "path", rel));
@@ -401,6 +409,10 @@ lss_upload_begin(struct MHD_Connection *c, lss_req_t *r, const char *path)
     }
     err = errno;
     lss_fs_leave();
+
+    if (r->up_fd >= 0) {
+        lss_fs_own(r->up_fd);
+    }
 
     if (r->up_dir < 0 || r->up_fd < 0) {
         if (r->up_dir >= 0) {

@@ -130,19 +130,77 @@ lss_path_clean(const char *raw, int decode, char *out, size_t outlen)
 }
 
 
+/*
+ * Without openat2 (gVisor releases before 2023, older kernels) the same
+ * guarantee comes from a walk: one openat per component, each with
+ * O_NOFOLLOW, below the workspace fd.  lss_path_clean() already refused
+ * "..", so the walk cannot climb; a symlink anywhere fails with ELOOP.
+ */
+static int
+lss_path_walk(const char *rel, int flags, mode_t mode)
+{
+    int    fd, next, saved;
+    char  *copy, *comp, *slash;
+
+    copy = strdup(rel);
+    if (copy == NULL) {
+        return -1;
+    }
+
+    fd = dup(lss_conf.workspace_fd);
+    comp = copy;
+
+    while (fd >= 0 && (slash = strchr(comp, '/')) != NULL) {
+        *slash = '\0';
+        next = openat(fd, comp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW
+                                | O_CLOEXEC);
+        saved = errno;
+        close(fd);
+        errno = saved;
+        fd = next;
+        comp = slash + 1;
+    }
+
+    if (fd >= 0) {
+        next = openat(fd, comp, flags | O_CLOEXEC | O_NOFOLLOW, mode);
+        saved = errno;
+        close(fd);
+        errno = saved;
+        fd = next;
+    }
+
+    free(copy);
+    return fd;
+}
+
+
 int
 lss_path_open(const char *rel, int flags, mode_t mode)
 {
+    int              fd;
     struct open_how  how;
+    static int       no_openat2 = -1;
 
-    memset(&how, 0, sizeof(how));
-    how.flags = (uint64_t) (flags | O_CLOEXEC | O_NOFOLLOW);
-    how.mode = (flags & O_CREAT) ? mode : 0;
-    how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS
-                  | RESOLVE_NO_MAGICLINKS;
+    if (no_openat2 < 0) {
+        no_openat2 = getenv("LLMSAFESPACE_RUNNER_NO_OPENAT2") != NULL;
+    }
 
-    return (int) syscall(SYS_openat2, lss_conf.workspace_fd, rel, &how,
-                         sizeof(how));
+    if (!no_openat2) {
+        memset(&how, 0, sizeof(how));
+        how.flags = (uint64_t) (flags | O_CLOEXEC | O_NOFOLLOW);
+        how.mode = (flags & O_CREAT) ? mode : 0;
+        how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS
+                      | RESOLVE_NO_MAGICLINKS;
+
+        fd = (int) syscall(SYS_openat2, lss_conf.workspace_fd, rel, &how,
+                           sizeof(how));
+        if (fd >= 0 || errno != ENOSYS) {
+            return fd;
+        }
+        no_openat2 = 1;
+    }
+
+    return lss_path_walk(rel, flags, (flags & O_CREAT) ? mode : 0);
 }
 
 
@@ -189,6 +247,25 @@ lss_fs_leave(void)
 {
     setfsuid(0);
     setfsgid(0);
+}
+
+
+/*
+ * Where setfsuid has no effect (some gVisor releases) a file the runner
+ * created belongs to root and the executions could not change it.  The
+ * fix is by descriptor, on the object just created with O_EXCL or
+ * mkdirat: nothing a path could redirect.  Call with root's identity.
+ */
+void
+lss_fs_own(int fd)
+{
+    struct stat  st;
+
+    if (fstat(fd, &st) == 0
+        && (st.st_uid != lss_conf.exec_uid || st.st_gid != lss_conf.exec_gid))
+    {
+        (void) !fchown(fd, lss_conf.exec_uid, lss_conf.exec_gid);
+    }
 }
 
 

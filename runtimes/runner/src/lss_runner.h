@@ -181,6 +181,7 @@ int lss_path_open(const char *rel, int flags, mode_t mode);
 int lss_path_parent(const char *rel, const char **name);
 void lss_fs_enter(void);
 void lss_fs_leave(void);
+void lss_fs_own(int fd);
 int lss_remove_tree(int dirfd, const char *name, int depth);
 
 

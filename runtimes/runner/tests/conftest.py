@@ -47,7 +47,7 @@ def make_wheel(directory, name, version, module_source):
 
 
 class Runner:
-    def __init__(self, tmp, extra_args=()):
+    def __init__(self, tmp, extra_args=(), env=None):
         self.tmp = tmp
         self.sock = os.path.join(tmp, "runner.sock")
         self.workspace = os.path.join(tmp, "workspace")
@@ -82,7 +82,8 @@ class Runner:
             args += ["--exec-env", "NODE_EXTRA_CA_CERTS="
                      + os.environ["NODE_EXTRA_CA_CERTS"]]
         self.proc = subprocess.Popen(args, stdout=self.log,
-                                     stderr=subprocess.STDOUT)
+                                     stderr=subprocess.STDOUT,
+                                     env=dict(os.environ, **(env or {})))
         self.client = httpx.Client(
             transport=httpx.HTTPTransport(uds=self.sock),
             base_url="http://runner", timeout=120,
@@ -194,6 +195,25 @@ def runner():
     yield r
     r.stop()
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def walk_runner(runner):
+    """A second runner forced onto the openat2-less path walk (gVisor)."""
+    tmp = tempfile.mkdtemp(prefix="lss-runner-walk-")
+    r = Runner(tmp, ["--languages", "python,bash"],
+               env={"LLMSAFESPACE_RUNNER_NO_OPENAT2": "1"})
+    yield r
+    r.stop()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(params=["openat2", "walk"])
+def files_runner(request, runner):
+    """The file tests run against both ways of resolving paths."""
+    if request.param == "openat2":
+        return runner
+    return request.getfixturevalue("walk_runner")
 
 
 @pytest.fixture
