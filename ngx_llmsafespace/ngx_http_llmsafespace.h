@@ -181,6 +181,9 @@ ngx_int_t ngx_http_llmsafespace_send_error(ngx_http_request_t *r,
     ngx_uint_t status, const char *code, const char *fmt, ...);
 ngx_int_t ngx_http_llmsafespace_send_field_error(ngx_http_request_t *r,
     ngx_uint_t status, const char *field, ngx_str_t *message);
+ngx_int_t ngx_http_llmsafespace_send_error_details(ngx_http_request_t *r,
+    ngx_uint_t status, const char *code, ngx_str_t *message,
+    json_t *details);
 ngx_int_t ngx_http_llmsafespace_error_filter_init(ngx_conf_t *cf);
 const char *ngx_http_llmsafespace_error_code(ngx_uint_t status);
 ngx_int_t ngx_http_llmsafespace_set_limit_headers(ngx_http_request_t *r,

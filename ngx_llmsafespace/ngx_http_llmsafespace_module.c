@@ -333,6 +333,11 @@ ngx_http_llmsafespace_init_main_conf(ngx_conf_t *cf, void *conf)
                              NGX_HTTP_LLMSAFESPACE_LIMIT_REDIS_LOCAL);
     ngx_conf_init_uint_value(lmcf->audit_buffer, 10000);
 
+    if (ngx_http_llmsafespace_limit_init_main_conf(cf, lmcf) != NGX_CONF_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
+
     if (lmcf->pg.conninfo.len && lmcf->keys_file.len) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"llmsafespace_keys_file\" and "
@@ -899,6 +904,16 @@ ngx_http_llmsafespace_refused_handler(ngx_http_request_t *r)
         ngx_str_set(&h->key, "WWW-Authenticate");
         ngx_str_set(&h->value, "Bearer realm=\"llmsafespace\"");
         r->headers_out.www_authenticate = h;
+    }
+
+    if (ctx->error_status == NGX_HTTP_TOO_MANY_REQUESTS) {
+        return ngx_http_llmsafespace_send_error_details(r,
+                   ctx->error_status, ctx->error_code, &ctx->error_message,
+                   json_pack("{s:I, s:I, s:I}",
+                             "limit", (json_int_t) ctx->limit.limit,
+                             "reset", (json_int_t) ctx->limit.reset,
+                             "retryAfter",
+                             (json_int_t) ctx->limit.retry_after));
     }
 
     return ngx_http_llmsafespace_send_error(r, ctx->error_status,

@@ -27,7 +27,7 @@ static ngx_int_t ngx_http_llmsafespace_error_header_filter(
 static ngx_int_t ngx_http_llmsafespace_error_body_filter(
     ngx_http_request_t *r, ngx_chain_t *in);
 static ngx_buf_t *ngx_http_llmsafespace_error_body(ngx_http_request_t *r,
-    const char *code, ngx_str_t *message, const char *field);
+    const char *code, ngx_str_t *message, json_t *details);
 static ngx_int_t ngx_http_llmsafespace_send_error_body(ngx_http_request_t *r,
     ngx_uint_t status, ngx_buf_t *b);
 static ngx_int_t ngx_http_llmsafespace_add_header(ngx_http_request_t *r,
@@ -182,11 +182,25 @@ ngx_int_t
 ngx_http_llmsafespace_send_field_error(ngx_http_request_t *r,
     ngx_uint_t status, const char *field, ngx_str_t *message)
 {
+    json_t  *details;
+
+    details = field ? json_pack("{s:s}", "field", field) : NULL;
+
+    return ngx_http_llmsafespace_send_error_details(r, status,
+                                    ngx_http_llmsafespace_error_code(status),
+                                    message, details);
+}
+
+
+/* "details" is taken over (NULL: an empty object) */
+
+ngx_int_t
+ngx_http_llmsafespace_send_error_details(ngx_http_request_t *r,
+    ngx_uint_t status, const char *code, ngx_str_t *message, json_t *details)
+{
     ngx_buf_t  *b;
 
-    b = ngx_http_llmsafespace_error_body(r,
-                                    ngx_http_llmsafespace_error_code(status),
-                                    message, field);
+    b = ngx_http_llmsafespace_error_body(r, code, message, details);
     if (b == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
@@ -229,23 +243,22 @@ ngx_http_llmsafespace_send_error_body(ngx_http_request_t *r,
 
 static ngx_buf_t *
 ngx_http_llmsafespace_error_body(ngx_http_request_t *r, const char *code,
-    ngx_str_t *message, const char *field)
+    ngx_str_t *message, json_t *details)
 {
     char       *text;
     size_t      len;
     json_t     *json;
     ngx_buf_t  *b;
 
-    if (field) {
-        json = json_pack("{s:{s:s, s:s%, s:{s:s}}}", "error", "code", code,
-                         "message", message->data, message->len, "details",
-                         "field", field);
-
-    } else {
-        json = json_pack("{s:{s:s, s:s%, s:{}}}", "error", "code", code,
-                         "message", message->data, message->len,
-                         "details");
+    if (details == NULL) {
+        details = json_object();
     }
+
+    /* "o" steals the reference to details, even when packing fails */
+
+    json = json_pack("{s:{s:s, s:s%, s:o}}", "error", "code", code,
+                     "message", message->data, message->len,
+                     "details", details);
 
     if (json == NULL) {
         return NULL;

@@ -88,6 +88,10 @@ ok($r->{headers}{'retry-after'} >= 1 && $r->{headers}{'retry-after'} <= 60,
 is($r->{headers}{'ratelimit-remaining'}, 0, 'nothing remaining');
 is($r->{headers}{'x-ratelimit-remaining'}, 0, 'X-RateLimit-Remaining twin');
 is($r->{headers}{'ratelimit-limit'}, 3, 'limit still announced');
+is($r->{json}{error}{details}{limit}, 3, 'details: limit');
+is($r->{json}{error}{details}{retryAfter}, $r->{headers}{'retry-after'},
+    'details: retryAfter matches the header');
+ok(exists $r->{json}{error}{details}{reset}, 'details: reset');
 
 # whichever worker answers, the budget is the same one
 
