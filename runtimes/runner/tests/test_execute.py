@@ -323,3 +323,40 @@ def test_token_from_environment_is_wiped(runner, tmp_path):
     finally:
         p.terminate()
         p.wait(10)
+
+
+def test_socket_mode_and_tcp_listen(runner, tmp_path):
+    import socket
+    import stat
+    import subprocess
+    from conftest import RUNNER
+    assert stat.S_IMODE(os.stat(runner.sock).st_mode) == 0o660
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    p = subprocess.Popen([RUNNER, "--listen", "tcp:127.0.0.1:%d" % port,
+                          "--token-file", runner.token_file,
+                          "--workspace", runner.workspace,
+                          "--tmp", runner.tmpdir, "--languages", "bash",
+                          "--exec-uid", str(EXEC_UID),
+                          "--exec-gid", str(EXEC_UID)],
+                         stderr=subprocess.DEVNULL)
+    try:
+        c = httpx.Client(base_url="http://127.0.0.1:%d" % port,
+                         headers={HEADER: TOKEN})
+        for _ in range(200):
+            try:
+                r = c.get("/readyz")
+                if r.status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.02)
+        r = c.post("/execute", json={"type": "code", "language": "bash",
+                                     "content": "echo tcp"})
+        assert r.json()["stdout"] == "tcp\n"
+        c.close()
+    finally:
+        p.terminate()
+        p.wait(10)
