@@ -10,6 +10,7 @@ import asyncio
 import io
 import json
 import os
+import time
 import zipfile
 
 import httpx
@@ -378,7 +379,8 @@ print(e(lambda: open('/usr/x', 'w')), e(lambda: open('/etc/passwd', 'a')),
 """
     r = runner.py(code)
     f = r["stdout"].split()
-    assert f[0] == "EROFS" and f[1] in ("EROFS", "EACCES")
+    # gVisor checks permissions before the read-only mount: EACCES
+    assert f[0] in ("EROFS", "EACCES") and f[1] in ("EROFS", "EACCES")
     assert f[2] == "OK" and f[3] == "OK"
     assert f[4] in ("EROFS", "EACCES", "EPERM")
     assert f[5] != "OK" and f[6] != "OK" and f[7] == "FAIL"
@@ -410,26 +412,45 @@ res['runner_caps'] = [st1.get('CapEff', '').strip(),
 res['kill'] = sorted({e(lambda: os.kill(p, signal.SIGKILL)) for p in others})
 res['environ'] = sorted({e(lambda: open('/proc/%d/environ' % p, 'rb')
                           .read()[:3]) for p in others})
-res['mem'] = sorted({e(lambda: open('/proc/%d/mem' % p, 'rb').read(1))
-                    for p in others})
+envs = b''
+for p in others:
+    try:
+        envs += open('/proc/%d/environ' % p, 'rb').read()
+    except OSError:
+        pass
+res['env_token'] = b'TOKEN' in envs.upper()
+print(envs.decode(errors='replace'))
+def still_other(p):
+    # a pre-forked helper may become the sandbox user meanwhile
+    try:
+        return os.stat('/proc/%d' % p).st_uid != os.getuid()
+    except OSError:
+        return False
+mem = {p: e(lambda: open('/proc/%d/mem' % p, 'rb').read(1)) for p in others}
+res['mem'] = sorted({v for p, v in mem.items() if still_other(p)})
 import json; print(json.dumps(res))
 """
     r = runner.py(code)
-    res = json.loads(r["stdout"])
+    res = json.loads(r["stdout"].splitlines()[-1])
     assert res["token"] == "EACCES"
+    assert res["env_token"] is False
     assert res["sock"] == "EACCES"
     assert res["others"] >= 1          # the runner (and zygotes)
     assert res["kill"] == ["EPERM"]
     # the runner itself (pid 1) holds CAP_KILL, CAP_SETGID, CAP_SETUID only
     assert res["runner_caps"] == ["00000000000000e0"] * 2
-    assert set(res["environ"]) <= {"EACCES", "EPERM", "ENOENT", "ESRCH"}
+    if runner.c.runtime == "runc":
+        assert set(res["environ"]) <= {"EACCES", "EPERM", "ENOENT",
+                                       "ESRCH"}
+    # runsc 20221219 lets any process read /proc/PID/environ; what it
+    # shows must then hold no secret (checked below: no token anywhere)
     assert set(res["mem"]) <= {"EACCES", "EPERM", "ENOENT", "ESRCH"}
     assert runner.c.token not in r["stdout"] + r["stderr"]
     assert runner.healthy()
 
 
 def test_fork_bomb(start_runner, runtime):
-    runner = start_runner(runtime, pids=128)
+    runner = start_runner(runtime, pids=64)
     r = runner.py("import os\nwhile True:\n    try:\n        os.fork()\n"
                   "    except OSError:\n        pass", timeout=3)
     assert r["status"] in ("timeout", "failed")
@@ -476,3 +497,120 @@ def test_huge_output_truncated(runner):
     assert r["truncated"] is True
     assert len(r["stdout"]) <= (1 << 20) + 16
     assert runner.healthy()
+
+
+def test_fd_exhaustion(runner):
+    r = runner.py("import errno, os\nfds = []\ntry:\n"
+                  "    while len(fds) < 100000:\n"
+                  "        fds.append(os.open('/dev/null', os.O_RDONLY))\n"
+                  "except OSError as e:\n"
+                  "    print(errno.errorcode[e.errno], len(fds) > 100)")
+    assert r["stdout"] == "EMFILE True\n", r
+    assert runner.healthy()
+
+
+def test_nothing_survives_an_execution(runner):
+    # a grandchild in its own session that ignores SIGTERM and records
+    # its identity (pid and start time) in the workspace
+    r = runner.py(r"""
+import os, signal, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        st = open('/proc/self/stat').read().rsplit(')', 1)[1].split()
+        with open('/workspace/gc', 'w') as f:
+            f.write('%d %s' % (os.getpid(), st[19]))
+        time.sleep(60)
+    os._exit(0)
+os.wait()
+for _ in range(100):
+    if os.path.exists('/workspace/gc'):
+        break
+    time.sleep(0.01)
+print('parent done')
+""")
+    assert r["stdout"] == "parent done\n"
+    check = r"""
+import os
+pid, start = open('/workspace/gc').read().split()
+try:
+    st = open('/proc/%s/stat' % pid).read().rsplit(')', 1)[1].split()
+    alive = st[19] == start and st[0] != 'Z'
+except OSError:
+    alive = False
+zombies = 0
+for p in os.listdir('/proc'):
+    try:
+        if p.isdigit() and open('/proc/%s/stat' % p).read() \
+                .rsplit(')', 1)[1].split()[0] == 'Z':
+            zombies += 1
+    except OSError:
+        pass
+print(alive, zombies)
+"""
+    found = None
+    for _ in range(50):               # bounded: at most ~5 s
+        found = runner.py(check)["stdout"]
+        if found == "False 0\n":
+            break
+        time.sleep(0.1)
+    assert found == "False 0\n"
+
+
+def test_binary_and_escape_output(runner):
+    r = runner.http.post("/execute", json={
+        "type": "code", "language": "python",
+        "content": "import sys\nsys.stdout.buffer.write("
+                   "b'ok\\xff\\xfe\\x00\\x1b[31mred\\x1b[0m\\xc3')"})
+    assert r.status_code == 200
+    body = json.loads(r.content.decode("utf-8"))   # strict UTF-8, valid JSON
+    assert body["stdout"].startswith("ok")
+    assert "red" in body["stdout"]
+
+
+def test_process_view_and_fds(runner):
+    r = runner.py(r"""
+import os, json
+pids = [p for p in os.listdir('/proc') if p.isdigit()]
+fds = {}
+for fd in os.listdir('/proc/self/fd'):
+    try:
+        fds[fd] = os.readlink('/proc/self/fd/' + fd)
+    except OSError:
+        pass
+print(json.dumps({'npids': len(pids), 'fds': fds, 'cwd': os.getcwd()}))
+""")
+    out = json.loads(r["stdout"])
+    # only the sandbox's own processes: runner, zygotes, this execution
+    assert out["npids"] < 20
+    # no descriptor leaked from the runner or the host (CVE-2024-21626):
+    # stdio, and the one the listing itself opened
+    extra = {k: v for k, v in out["fds"].items() if k not in ("0", "1", "2")}
+    assert len(extra) <= 1, out["fds"]
+    assert all(v.startswith("/proc/") for v in extra.values()), extra
+    assert out["cwd"] == "/workspace"
+
+
+def test_executed_code_syscall_denials(runner):
+    r = runner.py(r"""
+import ctypes, errno, os, socket
+libc = ctypes.CDLL(None, use_errno=True)
+def sc(nr, *a):
+    ctypes.set_errno(0)
+    r = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(x) for x in a])
+    return errno.errorcode.get(ctypes.get_errno(), 'OK') if r < 0 else 'OK'
+res = [sc(101, 16, 1, 0, 0),               # ptrace(PTRACE_ATTACH, 1)
+       sc(272, 0x10000000),                # unshare(CLONE_NEWUSER)
+       sc(165, 0, 0, 0, 0, 0),             # mount
+       sc(425, 8, 0),                      # io_uring_setup
+       sc(321, 0, 0, 0)]                   # bpf
+try:
+    socket.socket(40, socket.SOCK_STREAM)
+    res.append('OK')
+except OSError as e:
+    res.append(errno.errorcode[e.errno])
+print(' '.join(res))
+""")
+    got = r["stdout"].split()
+    assert len(got) == 6 and "OK" not in got, got
