@@ -36,11 +36,30 @@ lsc_load_script(lsc_ctx_t *ctx, const char *name)
 }
 
 
+static int
+lsc_group(lsc_ctx_t *ctx, const char *stream, const char *from)
+{
+    redisReply  *r;
+
+    r = redisCommand(ctx->redis, "XGROUP CREATE %s %s %s MKSTREAM",
+                     stream, LSC_GROUP, from);
+    if (r == NULL) {
+        return -1;
+    }
+    if (r->type == REDIS_REPLY_ERROR && strstr(r->str, "BUSYGROUP") == NULL) {
+        lsc_log("error", "redis: XGROUP %s: %s", stream, r->str);
+        freeReplyObject(r);
+        return -1;
+    }
+    freeReplyObject(r);
+    return 0;
+}
+
+
 int
 lsc_redis_connect(lsc_ctx_t *ctx)
 {
     struct timeval   tv;
-    redisReply      *r;
     char            *colon;
     char             host[LSC_PATH_LEN];
     int              port;
@@ -95,18 +114,17 @@ lsc_redis_connect(lsc_ctx_t *ctx)
     tv.tv_sec = 2 + ctx->tick_ms / 1000;
     redisSetTimeout(ctx->redis, tv);
 
-    /* from 0: requests filed before any controller ever ran are served */
-    r = redisCommand(ctx->redis, "XGROUP CREATE %s %s 0 MKSTREAM",
-                     LSC_STREAM, LSC_GROUP);
-    if (r == NULL) {
+    /*
+     * From 0 on the requests: those filed before any controller ever ran
+     * are served.  From $ on the events: they only wake the loop (a claim
+     * is seen at once instead of at the next idle tick); what they say is
+     * read from the routes, so none from before matters.
+     */
+    if (lsc_group(ctx, LSC_STREAM, "0") != 0
+        || lsc_group(ctx, LSC_EVENTS, "$") != 0)
+    {
         return -1;
     }
-    if (r->type == REDIS_REPLY_ERROR && strstr(r->str, "BUSYGROUP") == NULL) {
-        lsc_log("error", "redis: XGROUP: %s", r->str);
-        freeReplyObject(r);
-        return -1;
-    }
-    freeReplyObject(r);
     return 0;
 }
 
@@ -154,43 +172,48 @@ lsc_handle_request(lsc_ctx_t *ctx, redisReply *fields)
 static int
 lsc_process(lsc_ctx_t *ctx, redisReply *r, int *count)
 {
-    redisReply  *entries, *e, *a;
-    size_t       i;
-    int          rc;
+    redisReply  *entries, *e, *a, *st;
+    size_t       i, k;
+    int          rc, requests;
 
     *count = 0;
-    if (r->type != REDIS_REPLY_ARRAY || r->elements < 1
-        || r->element[0]->type != REDIS_REPLY_ARRAY
-        || r->element[0]->elements < 2)
-    {
+    if (r->type != REDIS_REPLY_ARRAY) {
         return 0;
     }
-    entries = r->element[0]->element[1];
-    if (entries->type != REDIS_REPLY_ARRAY) {
-        return 0;
-    }
-    for (i = 0; i < entries->elements; i++) {
-        e = entries->element[i];
-        if (e->type != REDIS_REPLY_ARRAY || e->elements < 2
-            || e->element[0]->type != REDIS_REPLY_STRING)
+    for (k = 0; k < r->elements; k++) {
+        st = r->element[k];
+        if (st->type != REDIS_REPLY_ARRAY || st->elements < 2
+            || st->element[0]->type != REDIS_REPLY_STRING
+            || st->element[1]->type != REDIS_REPLY_ARRAY)
         {
             continue;
         }
-        (*count)++;
-        rc = 1;
-        if (e->element[1]->type == REDIS_REPLY_ARRAY) {
-            rc = lsc_handle_request(ctx, e->element[1]);
+        requests = strcmp(st->element[0]->str, LSC_STREAM) == 0;
+        entries = st->element[1];
+        for (i = 0; i < entries->elements; i++) {
+            e = entries->element[i];
+            if (e->type != REDIS_REPLY_ARRAY || e->elements < 2
+                || e->element[0]->type != REDIS_REPLY_STRING)
+            {
+                continue;
+            }
+            (*count)++;
+            rc = 1;
+            if (requests && e->element[1]->type == REDIS_REPLY_ARRAY) {
+                rc = lsc_handle_request(ctx, e->element[1]);
+            }
+            if (rc < 0) {
+                /* PostgreSQL failed: leave it pending, retried next tick */
+                return -1;
+            }
+            a = redisCommand(ctx->redis, "XACK %s %s %s",
+                             st->element[0]->str, LSC_GROUP,
+                             e->element[0]->str);
+            if (a == NULL) {
+                return -1;
+            }
+            freeReplyObject(a);
         }
-        if (rc < 0) {
-            /* PostgreSQL failed: leave it pending, retried next tick */
-            return -1;
-        }
-        a = redisCommand(ctx->redis, "XACK %s %s %s", LSC_STREAM, LSC_GROUP,
-                         e->element[0]->str);
-        if (a == NULL) {
-            return -1;
-        }
-        freeReplyObject(a);
     }
     return 0;
 }
@@ -213,8 +236,8 @@ lsc_redis_read_requests(lsc_ctx_t *ctx, int block_ms)
     }
 
     r = redisCommand(ctx->redis,
-                     "XREADGROUP GROUP %s %s COUNT 64 STREAMS %s 0",
-                     LSC_GROUP, LSC_CONSUMER, LSC_STREAM);
+                     "XREADGROUP GROUP %s %s COUNT 64 STREAMS %s %s 0 0",
+                     LSC_GROUP, LSC_CONSUMER, LSC_STREAM, LSC_EVENTS);
     if (r == NULL) {
         return -1;
     }
@@ -225,8 +248,9 @@ lsc_redis_read_requests(lsc_ctx_t *ctx, int block_ms)
     }
 
     r = redisCommand(ctx->redis,
-                     "XREADGROUP GROUP %s %s COUNT 64 BLOCK %d STREAMS %s >",
-                     LSC_GROUP, LSC_CONSUMER, block_ms, LSC_STREAM);
+                     "XREADGROUP GROUP %s %s COUNT 64 BLOCK %d STREAMS %s %s"
+                     " > >", LSC_GROUP, LSC_CONSUMER, block_ms, LSC_STREAM,
+                     LSC_EVENTS);
     if (r == NULL) {
         return -1;
     }

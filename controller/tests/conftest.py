@@ -197,8 +197,14 @@ class Env:
             root = os.path.join(self.state, rt)
             if not os.path.isdir(root) or not os.listdir(root):
                 continue
-            r = subprocess.run([rt, "--root", root, "list", fmt, "json"],
-                               capture_output=True, text=True, check=True)
+            # runc list fails while a container is half deleted: retry
+            for _ in range(20):
+                r = subprocess.run([rt, "--root", root, "list", fmt,
+                                    "json"], capture_output=True, text=True)
+                if r.returncode == 0:
+                    break
+                time.sleep(0.05)
+            r.check_returncode()
             for c in json.loads(r.stdout or "null") or []:
                 out[c["id"]] = c["status"]
         return out
