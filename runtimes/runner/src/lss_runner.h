@@ -151,6 +151,8 @@ struct lss_exec_s {
     lss_exec_t       *next;        /* registry link */
 };
 
+#define LSS_STDIN_MAX  (8 * 1024 * 1024)
+
 lss_exec_t *lss_exec_new(void);
 void lss_exec_free(lss_exec_t *ex);
 int lss_exec_run(lss_exec_t *ex);
@@ -166,6 +168,23 @@ void lss_exec_slot_put(void);
 json_t *lss_exec_zygote_request(lss_exec_t *ex, int context);
 int lss_exec_parse(lss_exec_t *ex, json_t *req, int ws, char *err,
     size_t errlen, const char **field);
+
+
+/* lss_spawn.c: a process through a zygote; the spare node */
+typedef struct {
+    int      in;
+    int      out;
+    int      err;
+    int      ctl;
+    int      code;     /* javascript: where the code goes (fd 3's pipe) */
+    int64_t  born_ms;
+} lss_proc_t;
+
+int lss_memfd(const char *name, const char *data, size_t len);
+void lss_proc_close(lss_proc_t *pr);
+int lss_exec_spawn(lss_exec_t *ex, lss_proc_t *pr);
+int lss_spare_take(lss_proc_t *pr);
+int lss_node_send(lss_exec_t *ex, int fd);
 
 
 /* lss_context.c: named, long-lived Python interpreters */
