@@ -35,6 +35,10 @@
 
 
 static int lss_kill_descendants(void);
+static void lss_kill_orphans(uid_t uid);
+
+int    lss_no_subreaper;
+pid_t  lss_runner_pid;
 static void lss_reap(pid_t worker, int *wstatus, struct rusage *ru,
     int *done);
 
@@ -127,7 +131,9 @@ lss_shepherd_spawn(int *sock, int python, int close1, int close2)
     int              sv[2], wsv[2], sfd, wstatus, done, killed, ctl, n, i;
     int              fds[LSS_FD_MAX], wfds[5], nw;
     char             buf[64];
+    uid_t            uid;
     pid_t            pid, shepherd;
+    json_t          *req;
     sigset_t         set;
     lss_result_t     res;
     struct pollfd    pfd[2];
@@ -153,7 +159,11 @@ lss_shepherd_spawn(int *sock, int python, int close1, int close2)
     close(close1);
     close(close2);
 
-    prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    if (lss_no_subreaper
+        || prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0)
+    {
+        lss_no_subreaper = 1;
+    }
     prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
     prctl(PR_SET_NAME, "lss-shepherd", 0, 0, 0);
 
@@ -196,6 +206,13 @@ lss_shepherd_spawn(int *sock, int python, int close1, int close2)
     ctl = fds[LSS_FD_CTL];
     for (i = n; i < LSS_FD_MAX; i++) {
         fds[i] = -1;
+    }
+
+    uid = 0;
+    if (lss_no_subreaper) {
+        req = lss_request_read(fds[LSS_FD_REQ]);
+        uid = (uid_t) json_integer_value(json_object_get(req, "uid"));
+        json_decref(req);
     }
 
     nw = 0;
@@ -254,6 +271,9 @@ lss_shepherd_spawn(int *sock, int python, int close1, int close2)
 
     /* whatever the worker left behind dies with it */
     lss_kill_descendants();
+    if (lss_no_subreaper && uid != 0) {
+        lss_kill_orphans(uid);
+    }
 
     memset(&res, 0, sizeof(res));
     if (WIFSIGNALED(wstatus)) {
@@ -431,4 +451,68 @@ lss_kill_descendants(void)
     free(mark);
 
     return 0;
+}
+
+
+/*
+ * Without child subreapers (gVisor before 2023) an orphan of the
+ * execution is re-parented to the pid namespace's init or to the runner
+ * (a subreaper where it can be).  An exec-uid process whose parent is one
+ * of those belongs to no live execution (workers, spares and contexts all
+ * have a shepherd for a parent): it escaped one, so it dies.  With several
+ * executions at once this may end another execution's escaped daemon a
+ * little early, which is the documented price of the fallback.
+ */
+static void
+lss_kill_orphans(uid_t uid)
+{
+    int             round, found;
+    char            path[300], line[256], *p;
+    long            ppid, ruid;
+    FILE           *f;
+    DIR            *d;
+    struct dirent  *de;
+
+    for (round = 0; round < 100; round++) {
+        d = opendir("/proc");
+        if (d == NULL) {
+            return;
+        }
+
+        found = 0;
+        while ((de = readdir(d)) != NULL) {
+            if (de->d_name[0] < '1' || de->d_name[0] > '9') {
+                continue;
+            }
+            snprintf(path, sizeof(path), "/proc/%s/status", de->d_name);
+            f = fopen(path, "re");
+            if (f == NULL) {
+                continue;
+            }
+            ppid = -1;
+            ruid = -1;
+            while (fgets(line, sizeof(line), f) != NULL) {
+                if (strncmp(line, "PPid:", 5) == 0) {
+                    ppid = strtol(line + 5, NULL, 10);
+                } else if (strncmp(line, "Uid:", 4) == 0) {
+                    ruid = strtol(line + 4, &p, 10);
+                    break;
+                }
+            }
+            fclose(f);
+
+            if (ruid == (long) uid
+                && (ppid == 1 || ppid == (long) lss_runner_pid))
+            {
+                kill(atoi(de->d_name), SIGKILL);
+                found++;
+            }
+        }
+        closedir(d);
+
+        if (found == 0) {
+            return;
+        }
+        usleep(1000);
+    }
 }

@@ -47,6 +47,7 @@ main(int argc, char **argv)
         { "python", no_argument, NULL, 'p' },
         { "preload-packages", required_argument, NULL, 'P' },
         { "preload-script", required_argument, NULL, 'S' },
+        { "no-subreaper", no_argument, NULL, 'N' },
         { NULL, 0, NULL, 0 }
     };
 
@@ -62,6 +63,9 @@ main(int argc, char **argv)
         case 'P':
             packages = optarg;
             break;
+        case 'N':
+            lss_no_subreaper = 1;
+            break;
         case 'S':
             if (nscripts < 16) {
                 scripts[nscripts++] = optarg;
@@ -71,6 +75,8 @@ main(int argc, char **argv)
             return 2;
         }
     }
+
+    lss_runner_pid = getppid();
 
     /* the zygote holds nothing secret, but nobody needs to read it */
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);

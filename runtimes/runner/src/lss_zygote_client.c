@@ -62,6 +62,10 @@ lss_zygote_spawn(lss_zygote_t *z, int *fd)
             argv[argc++] = lss_conf.preload_scripts[i];
         }
     }
+    if (getenv("LLMSAFESPACE_RUNNER_NO_SUBREAPER") != NULL) {
+        /* tests the fallback used where subreapers are missing (gVisor) */
+        argv[argc++] = "--no-subreaper";
+    }
     argv[argc] = NULL;
 
     posix_spawn_file_actions_init(&fa);

@@ -199,18 +199,20 @@ def runner():
 
 @pytest.fixture(scope="session")
 def walk_runner(runner):
-    """A second runner forced onto the openat2-less path walk (gVisor)."""
+    """A second runner forced onto the fallbacks used where the kernel (or
+    gVisor) lacks openat2 and child subreapers."""
     tmp = tempfile.mkdtemp(prefix="lss-runner-walk-")
     r = Runner(tmp, ["--languages", "python,bash"],
-               env={"LLMSAFESPACE_RUNNER_NO_OPENAT2": "1"})
+               env={"LLMSAFESPACE_RUNNER_NO_OPENAT2": "1",
+                    "LLMSAFESPACE_RUNNER_NO_SUBREAPER": "1"})
     yield r
     r.stop()
     shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture(params=["openat2", "walk"])
-def files_runner(request, runner):
-    """The file tests run against both ways of resolving paths."""
+def mode_runner(request, runner):
+    """Run a test against the normal runner and the fallback one."""
     if request.param == "openat2":
         return runner
     return request.getfixturevalue("walk_runner")

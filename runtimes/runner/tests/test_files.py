@@ -29,8 +29,8 @@ def raw_request(runner, request_line, body=b""):
     return int(head.split()[1]), rest
 
 
-def test_upload_download_list_delete(files_runner):
-    runner = files_runner
+def test_upload_download_list_delete(mode_runner):
+    runner = mode_runner
     c = runner.client
     r = c.put("/files/dir1/hello.txt", content=b"x")
     assert r.status_code == 404       # parent does not exist
@@ -131,8 +131,8 @@ def test_upload_limit_and_broken_upload(runner):
     assert left == []
 
 
-def test_path_traversal(files_runner):
-    runner = files_runner
+def test_path_traversal(mode_runner):
+    runner = mode_runner
     secret = os.path.join(os.path.dirname(runner.workspace), "outside.txt")
     with open(secret, "w") as f:
         f.write("outside")
@@ -162,8 +162,8 @@ def test_path_traversal(files_runner):
     os.unlink(secret)
 
 
-def test_planted_symlink_and_hardlink(files_runner):
-    runner = files_runner
+def test_planted_symlink_and_hardlink(mode_runner):
+    runner = mode_runner
     outside = os.path.join(os.path.dirname(runner.workspace), "victim")
     with open(outside, "w") as f:
         f.write("victim")
@@ -206,8 +206,8 @@ def test_planted_symlink_and_hardlink(files_runner):
     os.unlink(outside)
 
 
-def test_toctou_swap_loop(files_runner):
-    runner = files_runner
+def test_toctou_swap_loop(mode_runner):
+    runner = mode_runner
     outside = os.path.join(os.path.dirname(runner.workspace), "toctou")
     with open(outside, "w") as f:
         f.write("secret-outside")

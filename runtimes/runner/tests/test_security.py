@@ -178,7 +178,8 @@ def test_leaked_fd_trick(runner):
             or l.startswith("/proc/"), l
 
 
-def test_fork_bomb(runner):
+def test_fork_bomb(mode_runner):
+    runner = mode_runner
     r = runner.command(["bash", "-c", ":(){ :|:& };:"], timeout=3)
     assert r["status"] in ("timeout", "completed", "failed")
     assert wait_no_uid_processes() == []
@@ -221,13 +222,15 @@ def test_output_flood_and_endless_output(runner):
     assert time.monotonic() - start < 60
 
 
-def test_cpu_spin(runner):
+def test_cpu_spin(mode_runner):
+    runner = mode_runner
     r = runner.command(["sh", "-c", "while :; do :; done"], timeout=1)
     assert r["status"] == "timeout"
     assert wait_no_uid_processes() == []
 
 
-def test_daemonised_children_all_die(runner):
+def test_daemonised_children_all_die(mode_runner):
+    runner = mode_runner
     code = """
 import os, signal, time, subprocess
 # a double-forked, setsid'd, SIGTERM-ignoring grandchild
