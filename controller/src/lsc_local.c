@@ -351,6 +351,12 @@ lsc_local_destroy(lsc_ctx_t *ctx, const char *id)
         rmdir(cg);
     }
 
+    snprintf(cg, sizeof(cg), "%s/routes/%s", ctx->state_dir, id);
+    if (unlink(cg) == -1 && errno != ENOENT) {
+        lsc_log("error", "%s: %s", cg, strerror(errno));
+        return -1;
+    }
+
     if (lsc_rmtree(run) != 0 || lsc_rmtree(bundle) != 0) {
         lsc_log("error", "%s: cannot remove its directories: %s", id,
                 strerror(errno));
@@ -479,6 +485,52 @@ lsc_discard(void *p, size_t size, size_t n, void *data)
 }
 
 
+/*
+ * The run dir is writable by the sandbox's root: the runner.sock there
+ * could be replaced by a symlink to any host socket (Redis, PostgreSQL, a
+ * container runtime), and whoever connects to that path would follow it.
+ * So the route never names it.  Once it is checked to be a socket (not a
+ * symlink, fd-relative), it is hard-linked into <state>/routes/<id>, a
+ * directory only the host writes; the link keeps naming the runner's
+ * socket whatever the sandbox later does in its run dir.
+ */
+static int
+lsc_local_pin(lsc_ctx_t *ctx, const char *id, const char *pin)
+{
+    char         run[LSC_PATH_LEN];
+    struct stat  st;
+    int          dfd, rc;
+
+    if (lstat(pin, &st) == 0) {
+        if (S_ISSOCK(st.st_mode)) {
+            return 0;
+        }
+        unlink(pin);
+        return -1;
+    }
+
+    snprintf(run, sizeof(run), "%s/sandboxes/%s", ctx->state_dir, id);
+    dfd = open(run, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (dfd == -1) {
+        return -1;
+    }
+    rc = -1;
+    if (fstatat(dfd, "runner.sock", &st, AT_SYMLINK_NOFOLLOW) == 0
+        && S_ISSOCK(st.st_mode)
+        && linkat(dfd, "runner.sock", AT_FDCWD, pin, 0) == 0)
+    {
+        /* swapped between the check and the link: not a socket now */
+        if (lstat(pin, &st) == 0 && S_ISSOCK(st.st_mode)) {
+            rc = 0;
+        } else {
+            unlink(pin);
+        }
+    }
+    close(dfd);
+    return rc;
+}
+
+
 static int
 lsc_local_inspect(lsc_ctx_t *ctx, const lsc_sandbox_t *sb)
 {
@@ -492,7 +544,7 @@ lsc_local_inspect(lsc_ctx_t *ctx, const lsc_sandbox_t *sb)
     size_t              n;
 
     lsc_redis_socket_path(ctx, sb->id, sock, sizeof(sock));
-    if (stat(sock, &st) == -1) {
+    if (lsc_local_pin(ctx, sb->id, sock) != 0 || lstat(sock, &st) == -1) {
         return 0;
     }
     snprintf(tokpath, sizeof(tokpath), "%s/bundles/%s/token",
@@ -612,6 +664,10 @@ lsc_local_artifacts(lsc_ctx_t *ctx, char ***ids, size_t *n)
     *ids = NULL;
     *n = 0;
     snprintf(path, sizeof(path), "%s/bundles", ctx->state_dir);
+    if (lsc_scan(path, ids, n) != 0) {
+        return -1;
+    }
+    snprintf(path, sizeof(path), "%s/routes", ctx->state_dir);
     if (lsc_scan(path, ids, n) != 0) {
         return -1;
     }

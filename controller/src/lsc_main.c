@@ -153,7 +153,7 @@ static int
 lsc_mkdirs(lsc_ctx_t *ctx)
 {
     static const char  *sub[] = { "", "/bundles", "/sandboxes", "/runc",
-                                  "/runsc", NULL };
+                                  "/runsc", "/routes", NULL };
     const char        **s;
     char                path[LSC_PATH_LEN + 16];
 

@@ -507,7 +507,10 @@ lsc_pools_reconcile(lsc_ctx_t *ctx)
         avail = pending = assigned = 0;
         for (k = 0; k < ctx->nsb; k++) {
             sb = &ctx->sb[k];
-            if (strcmp(sb->pool, p->name) != 0) {
+            if (strcmp(sb->pool, p->name) != 0
+                || strcmp(sb->phase, "Terminated") == 0
+                || strcmp(sb->phase, "Failed") == 0)
+            {
                 continue;
             }
             if (sb->owner[0] != '\0') {

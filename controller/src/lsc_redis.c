@@ -267,10 +267,11 @@ lsc_redis_read_requests(lsc_ctx_t *ctx, int block_ms)
 }
 
 
+/* the pinned socket (see lsc_local_pin), not the one in the run dir */
 void
 lsc_redis_socket_path(lsc_ctx_t *ctx, const char *id, char *buf, size_t len)
 {
-    snprintf(buf, len, "%s/sandboxes/%s/runner.sock", ctx->state_dir, id);
+    snprintf(buf, len, "%s/routes/%s", ctx->state_dir, id);
 }
 
 

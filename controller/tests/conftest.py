@@ -215,7 +215,7 @@ class Env:
 
     def artifacts(self):
         ids = set()
-        for sub in ("bundles", "sandboxes"):
+        for sub in ("bundles", "sandboxes", "routes"):
             d = os.path.join(self.state, sub)
             if os.path.isdir(d):
                 ids.update(os.listdir(d))

@@ -150,3 +150,26 @@ def test_invalid_requests_are_refused_not_obeyed(env):
     assert env.r.xpending("lss:requests", "controllers")["pending"] == 0
     failed = [e for e in env.events() if e["type"] == "failed"]
     assert {e["id"] for e in failed} == {bad_rt, bad_level, bad_res, huge}
+
+
+def test_route_never_follows_what_the_sandbox_puts_in_its_run_dir(env):
+    """The run dir is writable by the sandbox's root: a runner.sock
+    swapped for a symlink to a host socket (here: Redis) must not become
+    a path anyone connects to."""
+    import os
+    env.start()
+    sid = env.create()
+    wait_until(lambda: (env.record(sid) or ("",))[0] == "Running", 60,
+               what="Running")
+    run_sock = os.path.join(env.state, "sandboxes", sid, "runner.sock")
+    os.unlink(run_sock)
+    os.symlink(env.redis_sock, run_sock)
+    out = env.execute(sid, "print('still the runner')")
+    assert out["stdout"] == "still the runner\n"
+
+    # the route names the pinned link, which the sandbox cannot reach
+    assert env.r.hget("lss:sb:" + sid, "runner") == \
+        "unix:%s/routes/%s" % (env.state, sid)
+    st = os.lstat(os.path.join(env.state, "routes", sid))
+    import stat
+    assert stat.S_ISSOCK(st.st_mode)

@@ -23,8 +23,7 @@ def test_pool_fills_to_min_size_and_refills_after_a_claim(env):
         route = env.r.hgetall("lss:sb:" + sid)
         assert route["owner"] == ""
         assert route["pool"] == "py"
-        assert route["runner"] == "unix:%s/sandboxes/%s/runner.sock" % (
-            env.state, sid)
+        assert route["runner"] == "unix:%s/routes/%s" % (env.state, sid)
         assert len(route["token"]) == 64
     status = wait_until(lambda: env.q(
         "SELECT status FROM warm_pools WHERE name = 'py'")[0][0].get(
