@@ -130,6 +130,7 @@ def mem_available_kib():
 
 
 def cpu_busy(seconds):
+    """Whole host, percent of all cores (other work on the host counts)."""
     def snap():
         with open("/proc/stat") as f:
             v = [int(x) for x in f.readline().split()[1:]]
@@ -138,6 +139,31 @@ def cpu_busy(seconds):
     time.sleep(seconds)
     t2, i2 = snap()
     return 100.0 * (1 - (i2 - i1) / max(1, (t2 - t1)))
+
+
+def own_cpu(env, ids, seconds):
+    """CPU of the controller and of the sandboxes' cgroups only, percent
+    of one core: what idle warm sandboxes cost, whatever else runs."""
+    tck = os.sysconf("SC_CLK_TCK")
+
+    def snap():
+        with open("/proc/%d/stat" % env.proc.pid) as f:
+            v = f.read().rsplit(")", 1)[1].split()
+        # its own time and its waited-for children's (runc, mkbundle)
+        ns = sum(int(x) for x in v[11:15]) * 1e9 / tck
+        for i in ids:
+            try:
+                with open("/sys/fs/cgroup/cpuacct/llmsafespace/lss-%s/"
+                          "cpuacct.usage" % i) as f:
+                    ns += int(f.read())
+            except OSError:
+                pass
+        return ns
+    a = snap()
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    b = snap()
+    return 100.0 * (b - a) / 1e9 / (time.monotonic() - t0)
 
 
 def row(rows, name, xs, base_name="", base=None):
@@ -210,6 +236,9 @@ def main():
         # idle warm sandbox memory
         time.sleep(2)
         ids = env.ready("bench")
+        rows.append(("10 idle warm sandboxes: controller + sandboxes CPU "
+                     "(% of one core)", "%.2f" % own_cpu(env, ids, 10), "",
+                     "", "", "", "includes runc list each 1 s tick"))
         pss = [container_pss_kib(env, "lss-" + i, "runc") for i in ids]
         cg = []
         for i in ids:
@@ -242,13 +271,18 @@ def main():
         time.sleep(5)
         used = (avail0 - mem_available_kib()) / 1024.0
         busy = cpu_busy(10)
+        own = own_cpu(env, env.ready("cap"), 10)
         per = used / n
         total = 24 * 1024
         rows.append(("%d warm sandboxes: host memory used (MiB)" % n,
                      "%.0f" % used, "", "", "", "",
                      "%.1f MiB each" % per))
-        rows.append(("%d warm sandboxes: idle host CPU busy (%%)" % n,
-                     "%.1f" % busy, "", "", "", "", "target < 5"))
+        rows.append(("%d warm sandboxes: controller + sandboxes CPU "
+                     "(%% of one core)" % n, "%.2f" % own, "", "", "", "",
+                     "target < 5 (of the machine)"))
+        rows.append(("%d warm sandboxes: whole host CPU busy (%%)" % n,
+                     "%.1f" % busy, "", "", "", "",
+                     "includes other work on the host"))
         rows.append(("%d warm sandboxes: fill time (ms)" % n,
                      "%.0f" % (tfill * 1000), "", "", "", "",
                      "%.1f sandboxes/s" % (n / tfill)))
