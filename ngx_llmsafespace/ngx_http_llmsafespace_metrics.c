@@ -675,7 +675,8 @@ ngx_http_llmsafespace_render_gauges(ngx_http_llmsafespace_out_t *out,
     ngx_http_llmsafespace_client_gauges_t  *g;
 
     static const char  *fields[][3] = {
-        { "up", "gauge", "1 when the worker's connection is ready." },
+        { "up", "gauge",
+          "Ready connections of the worker (Redis: 0 or 1)." },
         { "queued", "gauge", "Commands waiting to be sent." },
         { "in_flight", "gauge", "Commands sent, waiting for a reply." },
         { "reconnects_total", "counter",
@@ -708,7 +709,7 @@ ngx_http_llmsafespace_render_gauges(ngx_http_llmsafespace_out_t *out,
 
             switch (f) {
             case 0:
-                v = g->up ? 1 : 0;
+                v = g->up;
                 break;
             case 1:
                 v = g->queued;
