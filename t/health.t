@@ -32,11 +32,24 @@ http {
         location = /healthz {
             llmsafespace_health;
         }
+
+        location = /metrics {
+            llmsafespace_metrics;
+        }
     }
 }
 EOF
 
 $t->run($conf);
+
+# the sum over workers of a per worker gauge
+
+sub gauge_sum {
+    my ($m, $name) = @_;
+    my $sum = 0;
+    $sum += $m->{$_} for grep { /^\Q$name\E\{worker=/ } keys %$m;
+    return $sum;
+}
 
 sub health { $t->get('/healthz') }
 
@@ -64,6 +77,10 @@ is_deeply($r->{json}{redis}, { configured => JSON::XS::true(),
     up => JSON::XS::true() }, 'redis configured and up');
 is_deeply($r->{json}{postgres}, { configured => JSON::XS::true(),
     up => JSON::XS::true() }, 'postgres configured and up');
+
+ok($t->wait_for(sub {
+    gauge_sum($t->metrics(), 'llmsafespace_postgres_up') >= 1 }, 10),
+    'metrics: postgres connections ready');
 
 $r = $t->request('HEAD', '/healthz');
 is($r->{status}, 200, 'HEAD answered');
@@ -97,6 +114,10 @@ $r = settles(503);
 ok($r, 'degraded while postgres is down');
 $r //= health();
 ok(!$r->{json}{postgres}{up}, 'postgres reported down');
+
+ok($t->wait_for(sub {
+    gauge_sum($t->metrics(), 'llmsafespace_postgres_up') == 0 }, 10),
+    'metrics: no postgres connection ready while it is down');
 ok($r->{json}{redis}{up}, 'redis still up');
 
 $t->pg_start();
