@@ -26,6 +26,7 @@ recipe=$2
 out=$3
 runner_dir=$4
 runner_deps=${5:-}
+here=$(cd "$(dirname "$0")" && pwd)
 
 # The mirror this machine's apt uses (see /etc/apt/sources.list.d); the
 # same archive, so what the tests run is what apt installs here.
@@ -62,10 +63,7 @@ strip_comments() {
 }
 
 pkgs=$(strip_comments "$recipe/packages.txt")
-# From the runner's list only its shared libraries (lib*): interpreters
-# and package managers (python3, nodejs, npm, pip) belong to each
-# runtime's own recipe, so the base rootfs stays a shell and the python
-# rootfs carries no Node.js.  The ldd check below catches a missing one.
+# The runner's lib* entries only (see install.sh); for the cache key.
 if [ -n "$runner_deps" ] && [ -f "$runner_deps" ]; then
     rdeps=$(strip_comments "$runner_deps" | grep '^lib' || true)
 else
@@ -74,8 +72,8 @@ fi
 all=$(printf '%s\n%s\n' "$pkgs" "$rdeps" | grep -v '^$' | sort -u)
 shown=$(echo "$all" | tr "\n" " ")
 
-key=$( (echo "$mirror $suite"; echo "$all"; cat "$0") | sha256sum \
-       | cut -c1-16)
+key=$( (echo "$mirror $suite"; echo "$all"; cat "$0" "$here/install.sh") \
+       | sha256sum | cut -c1-16)
 
 root=$out/$name
 stamp=$out/$name.key
@@ -91,54 +89,30 @@ else
     mkdir -p "$debs" "$tmp"
     trap 'cleanup' EXIT INT TERM
 
-    # debootstrap lays down minbase only; apt, inside the new tree, then
-    # installs the runtime's packages.  debootstrap's own resolver does
-    # not follow virtual packages (Provides), which npm's dependencies
-    # need; apt does, and it is what the Dockerfiles use, so both builds
-    # resolve the same way.
+    # debootstrap lays down minbase only; install.sh, run by apt inside
+    # the new tree, does the rest exactly as the Dockerfiles do.
+    # debootstrap's own resolver does not follow virtual packages
+    # (Provides), which npm's dependencies need; apt does.
     run debootstrap --variant=minbase --cache-dir="$debs" "$suite" "$tmp" \
         "$mirror"
-    mkdir -p "$tmp/var/cache/apt/archives"
+    mkdir -p "$tmp/var/cache/apt/archives" "$tmp/tmp/lss"
+    echo "$rdeps" >"$tmp/tmp/lss/runner-deps.txt"
+    cp "$here/install.sh" "$recipe/packages.txt" "$tmp/tmp/lss/"
     mount --bind "$debs" "$tmp/var/cache/apt/archives"
     mounted=$tmp/var/cache/apt/archives
-    run chroot "$tmp" apt-get update
-    run chroot "$tmp" env DEBIAN_FRONTEND=noninteractive apt-get install \
-        -y --no-install-recommends $(echo "$all" | tr '\n' ' ')
+    run chroot "$tmp" env LSS_APT_CACHE_SHARED=1 sh /tmp/lss/install.sh \
+        --sandbox-user --runner-deps /tmp/lss/runner-deps.txt \
+        /tmp/lss/packages.txt
     umount "$mounted"
     mounted=
-    rm -f "$tmp.log"
-
-    # The sandbox user executions run as (the runner's --exec-uid).
-    # Appended, not useradd'ed, so the result does not depend on the
-    # host's shadow tools.
-    echo 'sandbox:x:1000:1000:sandbox:/workspace:/bin/bash' \
-        >>"$tmp/etc/passwd"
-    echo 'sandbox:x:1000:' >>"$tmp/etc/group"
-    echo 'sandbox:!:19000::::::' >>"$tmp/etc/shadow"
-
-    mkdir -p "$tmp/workspace" "$tmp/run/llmsafespace"
-    chmod 0755 "$tmp/workspace"
-    chmod 0700 "$tmp/run/llmsafespace"
+    rm -rf "$tmp/tmp/lss" "$tmp"/var/cache/apt/archives/*.deb \
+        "$tmp/debootstrap" "$tmp.log"
 
     # No network by default; an explicit empty resolver configuration
     # makes name lookups fail fast instead of trying the host's.
     : >"$tmp/etc/resolv.conf"
     printf '127.0.0.1\tlocalhost\n::1\t\tlocalhost\n' >"$tmp/etc/hosts"
     echo sandbox >"$tmp/etc/hostname"
-
-    # What a sandbox never needs: documentation, apt's indexes and
-    # downloaded archives, logs of the build.
-    rm -rf "$tmp"/usr/share/doc/* "$tmp"/usr/share/man/* \
-        "$tmp"/usr/share/info/* "$tmp"/usr/share/lintian \
-        "$tmp"/var/lib/apt/lists/* "$tmp"/var/cache/apt/*.bin \
-        "$tmp"/var/cache/apt/archives/*.deb "$tmp"/var/cache/debconf/*-old \
-        "$tmp"/var/log/* "$tmp"/debootstrap
-    find "$tmp/usr/share/locale" -mindepth 1 -maxdepth 1 \
-        ! -name 'locale.alias' -exec rm -rf {} + 2>/dev/null || true
-
-    # Defence in depth: no_new_privs already makes set-id bits inert, but
-    # a rootfs without them cannot be misused by a weaker configuration.
-    find "$tmp" -xdev -type f -perm /6000 -exec chmod ug-s {} +
 
     if [ -d "$root" ]; then
         mv "$root" "$out/.old.$name.$$"

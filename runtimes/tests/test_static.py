@@ -146,7 +146,10 @@ def test_dockerfile(name):
         assert froms == ["${BASE}"]
         assert "ARG BASE=llmsafespace/runtime-base:bookworm" in text
     assert "runtimes/%s/packages.txt" % name in text
-    assert "--no-install-recommends" in text
+    # the same install script as the local rootfs
+    assert "runtimes/base/install.sh" in text
+    assert "sh /tmp/lss/install.sh" in text
+    assert ("--sandbox-user" in text) == (name == "base")
     assert [a[1] for a in instr if a[0] == "USER"] == ["0:0"]
     cmd = json.loads([a[1] for a in instr if a[0] == "CMD"][-1])
     d = load(os.path.join(RUNTIMES, name, "runtime.json"))
