@@ -219,6 +219,7 @@ json_t *lsc_yaml_load(const char *path);
 
 /* lsc_reconcile.c */
 int lsc_reconcile(lsc_ctx_t *ctx);
+int lsc_ready_pass(lsc_ctx_t *ctx);
 int lsc_terminate(lsc_ctx_t *ctx, lsc_sandbox_t *sb, const char *final,
     const char *reason, const char *message);
 

@@ -214,6 +214,7 @@ main(int argc, char **argv)
     lsc_ctx_t         *ctx;
     struct sigaction   sa;
     int                n, block;
+    int64_t            now, last;
 
     ctx = calloc(1, sizeof(lsc_ctx_t));
     if (ctx == NULL || lsc_options(ctx, argc, argv) != 0) {
@@ -248,11 +249,24 @@ main(int argc, char **argv)
         sleep(1);
     }
 
+    /*
+     * A full reconcile every tick (50 ms while work is in flight, else
+     * --tick-ms), cut short by any request or event; in between, while
+     * sandboxes start, readiness probes every 5 ms.
+     */
+    last = 0;
     while (!lsc_stop) {
-        if (lsc_reconcile(ctx) != 0) {
-            ctx->busy = 0;
+        now = lsc_now_ms();
+        if (!ctx->busy || now - last >= 50) {
+            if (lsc_reconcile(ctx) != 0) {
+                ctx->busy = 0;
+            }
+            last = lsc_now_ms();
+        } else if (lsc_ready_pass(ctx) == 0) {
+            /* all started sandboxes ready: the next full pass now */
+            last = 0;
         }
-        block = ctx->busy ? 50 : ctx->tick_ms;
+        block = ctx->busy ? 5 : ctx->tick_ms;
         n = lsc_redis_read_requests(ctx, block);
         if (n < 0 && !lsc_stop) {
             usleep(block * 1000);

@@ -296,6 +296,44 @@ lsc_orphans(lsc_ctx_t *ctx, lsc_container_t *cs, size_t nc)
 }
 
 
+/*
+ * Between full reconciles, while sandboxes are starting: probe only those
+ * the last reconcile saw Creating with a running container, and publish
+ * the ready ones.  No PostgreSQL read, no runtime list: cheap enough to run
+ * every few milliseconds, so readiness is noticed soon after it happens.
+ * Everything else (deaths, deadlines) stays with the full reconcile.
+ */
+int
+lsc_ready_pass(lsc_ctx_t *ctx)
+{
+    size_t          i;
+    lsc_sandbox_t  *sb;
+    int             pending;
+
+    pending = 0;
+    for (i = 0; i < ctx->nsb; i++) {
+        sb = &ctx->sb[i];
+        if (strcmp(sb->phase, "Creating") != 0
+            || sb->cstate != LSC_C_RUNNING || sb->delete_requested)
+        {
+            continue;
+        }
+        if (ctx->driver->inspect(ctx, sb) != 1) {
+            pending++;
+            continue;
+        }
+        if (lsc_redis_publish(ctx, sb, 1) < 0) {
+            continue;
+        }
+        if (lsc_pg_set_phase(ctx, sb, "Running", NULL, "Ready", NULL) == 0) {
+            lsc_log("info", "%s: ready in %lld ms", sb->id,
+                    (long long) (lsc_now_ms() - sb->started_ms));
+        }
+    }
+    return pending;
+}
+
+
 int
 lsc_reconcile(lsc_ctx_t *ctx)
 {
@@ -332,7 +370,10 @@ lsc_reconcile(lsc_ctx_t *ctx)
         }
     }
 
-    lsc_orphans(ctx, cs, nc);
+    /* a truncated record set must not make live containers orphans */
+    if (ctx->nsb < LSC_MAX_SANDBOXES) {
+        lsc_orphans(ctx, cs, nc);
+    }
     free(cs);
 
     now = lsc_now_ms();
