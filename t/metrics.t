@@ -63,7 +63,8 @@ is($r->{headers}{'cache-control'}, 'no-store', 'not cacheable');
 
 my @bad = grep {
     !/^# (HELP|TYPE) [a-zA-Z_:][a-zA-Z0-9_:]* \S/
-    && !/^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_]+="[^"]*",?)*\})? -?[0-9.]+(e[+-]?\d+)?$/
+    && !/^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_]+="[^"]*",?)*\})?
+         \ -?[0-9.]+(e[+-]?\d+)?$/x
 } split /\n/, $r->{body};
 is(join("\n", @bad), '', 'every line is valid exposition');
 
@@ -178,8 +179,9 @@ my $down = $t->wait_for(sub {
 }, 10);
 ok($down, 'redis_up 0 in every worker while redis is down');
 
-my $reconnects = val($down // $after, 'llmsafespace_redis_reconnects_total{worker="0"}')
-    + val($down // $after, 'llmsafespace_redis_reconnects_total{worker="1"}');
+my $rc = 'llmsafespace_redis_reconnects_total';
+my $reconnects = val($down // $after, "${rc}{worker=\"0\"}")
+    + val($down // $after, "${rc}{worker=\"1\"}");
 
 $t->redis_start();
 

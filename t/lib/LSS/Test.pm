@@ -424,7 +424,8 @@ sub expect_alert {
 
 sub error_log_alerts {
     my ($self) = @_;
-    my @lines = $self->read_file('error.log') =~ /^.*\[(?:alert|crit|emerg)\].*$/gm;
+    my @lines = $self->read_file('error.log')
+        =~ /^.*\[(?:alert|crit|emerg)\].*$/gm;
 
     return grep {
         my $l = $_;
@@ -470,15 +471,21 @@ sub check_valgrind {
 
         if ($text !~ /ERROR SUMMARY: 0 errors/) {
             push @bad, $log;
-            Test::More::diag($text) if $ENV{LSS_TEST_VERBOSE};
+
+            # the first report says what it is; the log has the rest
+            my $what = qr/bytes in|Invalid|Conditional|uninit|Mismatched/;
+            my ($first) = $text =~ /^(==\d+== [^\n]*$what.*?\n)==\d+== *\n/sm;
+            Test::More::diag($ENV{LSS_TEST_VERBOSE} ? $text
+                : $first // '');
         }
 
-        if ($text =~ /definitely lost.*?\n(?:==\d+==\s+(?:at|by).*\n)*/s) {
-            while ($text =~ /(\d[\d,]* bytes in [\d,]+ blocks are definitely lost.*?\n(?:==\d+==\s+(?:at|by).*\n)+)/g) {
-                my $block = $1;
-                push @bad, "$log (leak: $block)"
-                    if $block =~ /llmsafespace/;
-            }
+        # a leak is ours when a frame of its stack is ours
+        my $leak = qr/\d[\d,]* (?:\([^)]*\) )?bytes in [\d,]+ blocks are/
+            . qr/ definitely lost.*?\n(?:==\d+==\s+(?:at|by).*\n)+/;
+
+        while ($text =~ /($leak)/g) {
+            my $block = $1;
+            push @bad, "$log (leak: $block)" if $block =~ /llmsafespace/;
         }
     }
 
