@@ -223,6 +223,11 @@ int lsc_ready_pass(lsc_ctx_t *ctx);
 int lsc_terminate(lsc_ctx_t *ctx, lsc_sandbox_t *sb, const char *final,
     const char *reason, const char *message);
 
+/* lsc_bundle.c */
+int lsc_bundle_write(lsc_ctx_t *ctx, lsc_sandbox_t *sb, json_t *rt,
+    const char *fs, int high, const char *bundle, const char *run,
+    const char *token, char **extra, int nextra);
+
 /* lsc_local.c */
 extern const lsc_driver_t lsc_local_driver;
 

@@ -155,7 +155,8 @@ lsc_local_create(lsc_ctx_t *ctx, lsc_sandbox_t *sb, lsc_pool_t *pool)
     char         log[LSC_PATH_LEN + 32], mark[LSC_PATH_LEN + 16];
     char         root[LSC_PATH_LEN + 16];
     char         rargs[24][LSC_PATH_LEN], pbufs[2 + LSC_MAX_SCRIPTS][LSC_PATH_LEN];
-    int          argc, high, rc;
+    char        *extra[2 + 2 * LSC_MAX_SCRIPTS];
+    int          argc, high, rc, first, k;
     size_t       i;
 
     rt = lsc_runtime_find(ctx, sb->runtime);
@@ -226,15 +227,24 @@ lsc_local_create(lsc_ctx_t *ctx, lsc_sandbox_t *sb, lsc_pool_t *pool)
         argv[argc++] = rargs[i];
     }
 
+    first = argc;
     if (pool != NULL) {
         lsc_preload(ctx, sb, pool, run, 0, argv, &argc, pbufs);
     }
     argv[argc] = NULL;
-    if (lsc_spawn(argv, NULL, 0, log) != 0) {
+
+    /* the runner arguments beyond the runtime's, without the prefix */
+    for (k = first; k < argc; k++) {
+        extra[k - first] = argv[k] + sizeof("--runner-arg=") - 1;
+    }
+    if (lsc_bundle_write(ctx, sb, rt, fs, high, bundle, run, token, extra,
+                         argc - first) != 0
+        && lsc_spawn(argv, NULL, 0, log) != 0)
+    {
         lsc_log("error", "%s: mkbundle failed (see %s)", sb->id, log);
         return -1;
     }
-    /* mkbundle made the run dir, owned by the container's root */
+    /* the run dir exists now, owned by the container's root */
     if (pool != NULL
         && lsc_preload(ctx, sb, pool, run, 1, NULL, NULL, NULL) != 0)
     {
