@@ -656,24 +656,32 @@ sub pg_template {
     if (!-e "$tpl/ready") {
         rmtree($tpl);
         make_path($tpl);
-        $self->pg_chown($tpl);
 
-        my $log = "$tpl/initdb.log";
-        open my $fh, '>', $log or die "$log: $!\n";
-        close $fh;
-        $self->pg_chown($log);
+        # initdb runs as the postgres user, which may not be able to reach
+        # the checkout (a clone in /root): it works in /tmp, and we copy
+
+        my $work = tempdir('lss-initdb-XXXXXXXX', TMPDIR => 1,
+            CLEANUP => 1);
+        chmod 0755, $work;
+        $self->pg_chown($work);
+
+        my $log = "$work/initdb.log";
 
         my $rc = $self->pg_as_user(sub {
             open STDOUT, '>', $log;
             open STDERR, '>&', \*STDOUT;
-            exec("$PGBIN/initdb", '-D', "$tpl/data", '-U', 'postgres',
+            exec("$PGBIN/initdb", '-D', "$work/data", '-U', 'postgres',
                 '-A', 'trust', '-E', 'UTF8', '--locale=C', '--no-sync')
                 or POSIX::_exit(127);
         });
 
         die "initdb failed: " . $self->read_file($log) if $rc != 0;
 
-        open $fh, '>', "$tpl/ready" or die "$tpl/ready: $!\n";
+        system('cp', '-a', "$work/data", "$tpl/data") == 0
+            or die "copying the initdb result failed\n";
+        rmtree($work);
+
+        open my $fh, '>', "$tpl/ready" or die "$tpl/ready: $!\n";
         close $fh;
     }
 
