@@ -16,8 +16,11 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 MKBUNDLE = os.path.join(HERE, "mkbundle")
 
+# --file-access-mounts=exclusive: the run directory is changed by nobody
+# but the sandbox once it runs, and in the default "shared" mode runsc
+# 20221219 refuses chmod on the socket the runner creates there.
 RUNSC_FLAGS = ["--ignore-cgroups", "--oci-seccomp", "--network=none",
-               "--host-uds=create"]
+               "--host-uds=create", "--file-access-mounts=exclusive"]
 
 
 class NoRootfs(Exception):
