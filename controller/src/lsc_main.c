@@ -281,5 +281,15 @@ main(int argc, char **argv)
         PQfinish(ctx->pg);
     }
     curl_global_cleanup();
+    for (n = 0; n < (int) ctx->npools; n++) {
+        json_decref(ctx->pools[n].scripts);
+    }
+    json_decref(ctx->runtimes);
+    free(ctx->claim_lua);
+    free(ctx->publish_lua);
+    free(ctx->retire_lua);
+    free(ctx->sb);
+    close(ctx->lock_fd);
+    free(ctx);
     return 0;
 }

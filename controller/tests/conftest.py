@@ -39,6 +39,9 @@ PGBIN = "/usr/lib/postgresql/15/bin"
 TOKEN_HEADER = "X-LLMSafeSpace-Runner-Token"
 
 IS_ROOT = os.geteuid() == 0
+# LSC_VALGRIND=1: every controller under memcheck; a test fails on any
+# memory error or definite leak reported at a clean exit
+VALGRIND = os.environ.get("LSC_VALGRIND") == "1"
 needs_root = pytest.mark.skipif(
     not IS_ROOT, reason="runc, runsc and PostgreSQL as postgres need root")
 
@@ -136,6 +139,10 @@ class Env:
                 "--redis", "unix:" + self.redis_sock,
                 "--pg", self.conninfo, "--pools", self.pools,
                 "--rootfs", ROOTFS, "--tick-ms", str(tick_ms)] + list(extra)
+        if VALGRIND:
+            argv = ["valgrind", "--leak-check=full",
+                    "--errors-for-leak-kinds=definite",
+                    "--log-file=%s/valgrind.%%p.log" % self.dir] + argv
         log = open(self.log, "ab")
         p = subprocess.Popen(argv, stdout=log, stderr=log,
                              stdin=subprocess.DEVNULL)
@@ -268,11 +275,33 @@ class Env:
 
     # -- teardown -------------------------------------------------------------
 
+    def valgrind_errors(self):
+        bad = []
+        for name in os.listdir(self.dir):
+            if not name.startswith("valgrind."):
+                continue
+            with open(os.path.join(self.dir, name), errors="replace") as f:
+                text = f.read()
+            if "ERROR SUMMARY:" in text and \
+                    "ERROR SUMMARY: 0 errors" not in text:
+                bad.append(text[-3000:])
+        return bad
+
     def close(self):
+        errors = []
         for p in self.procs:
+            if VALGRIND and p.poll() is None:
+                # a clean exit, so memcheck reports leaks
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(60)
+                except subprocess.TimeoutExpired:
+                    pass
             if p.poll() is None:
                 p.kill()
                 p.wait()
+        if VALGRIND:
+            errors = self.valgrind_errors()
         for cid in self.containers():
             rt = "runc"
             if os.path.exists(os.path.join(self.state, "runsc")) and \
@@ -299,6 +328,7 @@ class Env:
         self.redis_proc.wait()
         self.pg.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+        assert not errors, "valgrind:\n" + "\n".join(errors)
 
     def _runsc_ids(self):
         root = os.path.join(self.state, "runsc")
