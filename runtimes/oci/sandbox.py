@@ -136,7 +136,7 @@ class Container:
                 subprocess.run(["runsc", "--root", self.state, "delete",
                                 "--force", self.id],
                                capture_output=True, timeout=30)
-                subprocess.run([MKBUNDLE, "cgroup-remove", "--bundle",
-                                self.bundle], capture_output=True)
+            subprocess.run([MKBUNDLE, "cgroup-remove", "--bundle",
+                            self.bundle], capture_output=True, timeout=60)
             self.started = False
         shutil.rmtree(self.dir, ignore_errors=True)
