@@ -101,13 +101,7 @@ class Env:
         self.procs = []
 
         self.redis_sock = os.path.join(self.dir, "redis.sock")
-        self.redis_proc = subprocess.Popen(
-            ["redis-server", "--port", "0", "--unixsocket", self.redis_sock,
-             "--save", "", "--appendonly", "no", "--dir", self.dir],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.r = redis.Redis(unix_socket_path=self.redis_sock,
-                             decode_responses=True)
-        wait_until(self._redis_up, 10, what="redis")
+        self.restart_redis()
 
         self.db = "t_" + secrets.token_hex(6)
         admin = psycopg2.connect(host=pg_dir, user="postgres",
@@ -116,8 +110,7 @@ class Env:
         admin.cursor().execute("CREATE DATABASE " + self.db)
         admin.close()
         self.conninfo = "host=%s user=postgres dbname=%s" % (pg_dir, self.db)
-        self.pg = psycopg2.connect(self.conninfo)
-        self.pg.autocommit = True
+        self.reconnect_pg()
         # applied here too (the controller applies it at start): the
         # schema is idempotent, and tests may read before it starts
         with open(SCHEMA) as f:
@@ -125,6 +118,35 @@ class Env:
 
         with open(CLAIM_LUA) as f:
             self.claim_script = self.r.register_script(f.read())
+
+    def restart_redis(self):
+        """A fresh, empty Redis on this test's socket."""
+        self.redis_proc = subprocess.Popen(
+            ["redis-server", "--port", "0", "--unixsocket", self.redis_sock,
+             "--save", "", "--appendonly", "no", "--dir", self.dir],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.r = redis.Redis(unix_socket_path=self.redis_sock,
+                             decode_responses=True)
+        wait_until(self._redis_up, 10, what="redis")
+        if hasattr(self, "claim_script"):
+            with open(CLAIM_LUA) as f:
+                self.claim_script = self.r.register_script(f.read())
+
+    def reconnect_pg(self):
+        self.pg = psycopg2.connect(self.conninfo)
+        self.pg.autocommit = True
+
+    @staticmethod
+    def pg_ctl(pg_dir, action):
+        argv = ["runuser", "-u", "postgres", "--", PGBIN + "/pg_ctl", "-D",
+                os.path.join(pg_dir, "data"), "-w"]
+        if action == "stop":
+            argv += ["-m", "fast", "stop"]
+        else:
+            argv += ["-l", os.path.join(pg_dir, "log"), "-o",
+                     "-k %s -c listen_addresses='' -c fsync=off" % pg_dir,
+                     "start"]
+        subprocess.run(argv, check=True, capture_output=True)
 
     def _redis_up(self):
         try:
@@ -326,7 +348,8 @@ class Env:
                         pass
         self.redis_proc.kill()
         self.redis_proc.wait()
-        self.pg.close()
+        if not self.pg.closed:
+            self.pg.close()
         shutil.rmtree(self.dir, ignore_errors=True)
         assert not errors, "valgrind:\n" + "\n".join(errors)
 

@@ -97,3 +97,42 @@ def test_second_controller_waits_for_the_lock(env):
     env.stop(second)
     # stopping leaves the sandboxes serving
     assert len(env.running()) == 2
+
+
+def test_redis_restart_is_ridden_out(env):
+    env.pool("py", minSize=1, maxSize=1)
+    env.start()
+    (warm,) = wait_until(lambda: env.ready("py"), 60, what="warm")
+    env.redis_proc.kill()
+    env.redis_proc.wait()
+    time.sleep(1.5)
+    assert env.proc.poll() is None, "controller exited without Redis"
+    env.restart_redis()
+    # routes and ready lists come back from the records; requests flow
+    wait_until(lambda: env.ready("py") == [warm], 30, what="restored")
+    sid = env.create()
+    wait_until(lambda: (env.record(sid) or ("",))[0] == "Running", 60,
+               what="served after the restart")
+    assert env.r.hget("lss:sb:" + sid, "owner") == "alice"
+
+
+def test_postgresql_outage_delays_requests_but_loses_none(env, pg_server):
+    env.start()
+    first = env.create()
+    wait_until(lambda: (env.record(first) or ("",))[0] == "Running", 60,
+               what="Running")
+    env.pg.close()
+    env.pg_ctl(pg_server, "stop")
+    try:
+        sid = env.create()
+        time.sleep(1.5)
+        assert env.proc.poll() is None, "controller exited without PG"
+        # not acknowledged: it waits in the group's pending list
+        assert env.r.xpending("lss:requests", "controllers")["pending"] >= 1
+    finally:
+        env.pg_ctl(pg_server, "start")
+    env.reconnect_pg()
+    wait_until(lambda: (env.record(sid) or ("",))[0] == "Running", 60,
+               what="served after the outage")
+    assert env.record(first)[0] == "Running"
+    assert env.r.xpending("lss:requests", "controllers")["pending"] == 0
