@@ -156,3 +156,27 @@ spec:
     wait_until(lambda: env.running() == ["lss-" + sid], 30,
                what="unclaimed retired")
     assert env.r.hget("lss:sb:" + sid, "owner") == "alice"
+
+
+def test_pools_written_to_postgresql_by_the_api(env):
+    import json
+    env.start()
+    env.q("INSERT INTO warm_pools (name, runtime, min_size, max_size)"
+          " VALUES ('apipool', 'python', 1, 2)")
+    wait_until(lambda: len(env.ready("apipool")) == 1, 60, what="filled")
+    st = wait_until(lambda: env.r.get("lss:pool:apipool:status"), 10,
+                    what="status in Redis")
+    st = json.loads(st)
+    assert st["availablePods"] == 1 and st["desiredPods"] == 1
+    assert st["conditions"][0]["reason"] == "PoolReady"
+    # the API's row is not a manifest's: the controller leaves it alone
+    assert env.q("SELECT source FROM warm_pools"
+                 " WHERE name = 'apipool'")[0][0] == "api"
+
+    env.q("UPDATE warm_pools SET min_size = 2 WHERE name = 'apipool'")
+    wait_until(lambda: len(env.ready("apipool")) == 2, 60, what="grown")
+    env.q("DELETE FROM warm_pools WHERE name = 'apipool'")
+    wait_until(lambda: env.running() == [] and env.ready("apipool") == [],
+               30, what="retired")
+    reasons = {r[0] for r in env.q("SELECT reason FROM sandboxes")}
+    assert reasons == {"PoolRemoved"}
