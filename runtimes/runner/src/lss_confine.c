@@ -58,7 +58,7 @@ lss_die(const char *what)
 int
 lss_confine(json_t *req, int *fds)
 {
-    int          sig, extra;
+    int          sig, extra, src[4], i, n;
     uid_t        uid;
     gid_t        gid;
     json_t      *lim;
@@ -77,20 +77,30 @@ lss_confine(json_t *req, int *fds)
         lss_die("setsid");
     }
 
-    if (dup2(fds[LSS_FD_STDIN], 0) < 0
-        || dup2(fds[LSS_FD_STDOUT], 1) < 0
-        || dup2(fds[LSS_FD_STDERR], 2) < 0)
-    {
-        lss_die("dup2");
-    }
+    /*
+     * Move the sources out of the way first (a source may already sit on
+     * 0-3, where dup2 would be a no-op keeping FD_CLOEXEC, or be
+     * overwritten by an earlier dup2), then place them; dup2 leaves the
+     * targets without FD_CLOEXEC.
+     */
+    src[0] = fds[LSS_FD_STDIN];
+    src[1] = fds[LSS_FD_STDOUT];
+    src[2] = fds[LSS_FD_STDERR];
+    src[3] = fds[LSS_FD_EXTRA];
+    n = src[3] >= 0 ? 4 : 3;
 
-    extra = 3;
-    if (fds[LSS_FD_EXTRA] >= 0) {
-        if (fds[LSS_FD_EXTRA] != 3 && dup2(fds[LSS_FD_EXTRA], 3) < 0) {
+    for (i = 0; i < n; i++) {
+        src[i] = fcntl(src[i], F_DUPFD_CLOEXEC, 10);
+        if (src[i] < 0) {
+            lss_die("dup");
+        }
+    }
+    for (i = 0; i < n; i++) {
+        if (dup2(src[i], i) < 0) {
             lss_die("dup2");
         }
-        extra = 4;
     }
+    extra = n;
 
     /* nothing of the zygote or the runner may leak (runc CVE-2024-21626) */
     if (syscall(SYS_close_range, extra, ~0U, 0) < 0

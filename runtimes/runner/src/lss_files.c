@@ -105,7 +105,7 @@ lss_entry(const char *dir, const char *name, struct stat *st)
 enum MHD_Result
 lss_files_list(struct MHD_Connection *c, lss_req_t *r)
 {
-    int             fd, err;
+    int             fd;
     DIR            *d;
     char            rel[LSS_REL_MAX];
     json_t         *list, *e;
@@ -119,12 +119,14 @@ lss_files_list(struct MHD_Connection *c, lss_req_t *r)
                               "path");
     }
 
-    lss_fs_enter();
-    fd = lss_path_open(rel, O_RDONLY | O_DIRECTORY, 0);
-    err = errno;
-    lss_fs_leave();
+    fd = lss_fsop_open(rel, O_RDONLY | O_DIRECTORY, 0);
     if (fd < 0) {
-        return lss_errno_response(c, r, err);
+        return lss_errno_response(c, r, errno);
+    }
+
+    if (fstat(fd, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        close(fd);
+        return lss_errno_response(c, r, ENOTDIR);
     }
 
     d = fdopendir(fd);
@@ -163,17 +165,14 @@ lss_files_list(struct MHD_Connection *c, lss_req_t *r)
 static enum MHD_Result
 lss_download(struct MHD_Connection *c, lss_req_t *r, const char *rel)
 {
-    int                   fd, err;
+    int                   fd;
     struct stat           st;
     enum MHD_Result       rc;
     struct MHD_Response  *resp;
 
-    lss_fs_enter();
-    fd = lss_path_open(rel, O_RDONLY | O_NONBLOCK, 0);
-    err = errno;
-    lss_fs_leave();
+    fd = lss_fsop_open(rel, O_RDONLY | O_NONBLOCK, 0);
     if (fd < 0) {
-        return lss_errno_response(c, r, err);
+        return lss_errno_response(c, r, errno);
     }
 
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
@@ -210,37 +209,13 @@ lss_download(struct MHD_Connection *c, lss_req_t *r, const char *rel)
 static enum MHD_Result
 lss_delete(struct MHD_Connection *c, lss_req_t *r, const char *rel)
 {
-    int          dfd, rc, err;
-    const char  *name;
-
-    lss_fs_enter();
-
-    dfd = lss_path_parent(rel, &name);
-    if (dfd < 0) {
-        err = errno;
-        lss_fs_leave();
-        if (err == EINVAL) {
-            return lss_http_error(c, r, 400, "bad_request",
-                                  "refusing to delete the workspace",
-                                  "path");
-        }
-        return lss_errno_response(c, r, err);
+    if (strcmp(rel, ".") == 0) {
+        return lss_http_error(c, r, 400, "bad_request",
+                              "refusing to delete the workspace", "path");
     }
 
-    rc = unlinkat(dfd, name, 0);
-    if (rc != 0 && (errno == EISDIR || errno == EPERM)) {
-        if (lss_flag(c, "recursive")) {
-            rc = lss_remove_tree(dfd, name, 0);
-        } else {
-            rc = unlinkat(dfd, name, AT_REMOVEDIR);
-        }
-    }
-    err = errno;
-    close(dfd);
-    lss_fs_leave();
-
-    if (rc != 0) {
-        return lss_errno_response(c, r, err);
+    if (lss_fsop_delete(rel, lss_flag(c, "recursive")) != 0) {
+        return lss_errno_response(c, r, errno);
     }
 
     return lss_http_json(c, r, 200, json_pack("{ss}", "deleted", rel));
@@ -250,31 +225,8 @@ lss_delete(struct MHD_Connection *c, lss_req_t *r, const char *rel)
 static enum MHD_Result
 lss_mkdir(struct MHD_Connection *c, lss_req_t *r, const char *rel)
 {
-    int          dfd, fd, rc, err;
-    const char  *name;
-
-    lss_fs_enter();
-    dfd = lss_path_parent(rel, &name);
-    if (dfd < 0) {
-        err = errno;
-        lss_fs_leave();
-        return lss_errno_response(c, r, err == EINVAL ? EEXIST : err);
-    }
-    rc = mkdirat(dfd, name, 0755);
-    err = errno;
-    fd = rc == 0 ? openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW
-                                     | O_CLOEXEC)
-                 : -1;
-    close(dfd);
-    lss_fs_leave();
-
-    if (rc != 0) {
-        return lss_errno_response(c, r, err);
-    }
-
-    if (fd >= 0) {
-        lss_fs_own(fd);
-        close(fd);
+    if (lss_fsop_mkdir(rel) != 0) {
+        return lss_errno_response(c, r, errno);
     }
 
     return lss_http_json(c, r, 201, json_pack("{ss}", "path", rel));
@@ -374,10 +326,8 @@ lss_upload_refuse_errno(lss_req_t *r, int err)
 int
 lss_upload_begin(struct MHD_Connection *c, lss_req_t *r, const char *path)
 {
-    int          err;
     char         rel[LSS_REL_MAX];
-    u_char       rnd[8];
-    const char  *name, *cl;
+    const char  *cl;
 
     if (lss_path_clean(path, 1, rel, sizeof(rel)) != 0
         || strcmp(rel, ".") == 0)
@@ -393,36 +343,12 @@ lss_upload_begin(struct MHD_Connection *c, lss_req_t *r, const char *path)
         return -2;
     }
 
-    if (getrandom(rnd, sizeof(rnd), 0) != sizeof(rnd)) {
-        memset(rnd, 0, sizeof(rnd));
-    }
-    snprintf(r->up_tmp, sizeof(r->up_tmp),
-             ".lss-upload-%02x%02x%02x%02x%02x%02x%02x%02x",
-             rnd[0], rnd[1], rnd[2], rnd[3], rnd[4], rnd[5], rnd[6], rnd[7]);
-
-    lss_fs_enter();
-    r->up_dir = lss_path_parent(rel, &name);
-    if (r->up_dir >= 0) {
-        r->up_fd = openat(r->up_dir, r->up_tmp,
-                          O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW
-                          | O_CLOEXEC, 0644);
-    }
-    err = errno;
-    lss_fs_leave();
-
-    if (r->up_fd >= 0) {
-        lss_fs_own(r->up_fd);
+    r->up_fd = lss_fsop_create_tmp(rel, r->up_tmp, sizeof(r->up_tmp));
+    if (r->up_fd < 0) {
+        return lss_upload_refuse_errno(r, errno);
     }
 
-    if (r->up_dir < 0 || r->up_fd < 0) {
-        if (r->up_dir >= 0) {
-            close(r->up_dir);
-            r->up_dir = -1;
-        }
-        return lss_upload_refuse_errno(r, err);
-    }
-
-    r->up_name = strdup(name);
+    r->up_name = strdup(rel);
     if (r->up_name == NULL) {
         lss_upload_abort(r);
         return lss_upload_refuse(r, 500, "internal", "out of memory", NULL);
@@ -467,7 +393,6 @@ lss_upload_finish(struct MHD_Connection *c, lss_req_t *r)
 {
     int          err, rc;
     char         t[40];
-    struct stat  st;
 
     if (r->up_error == EFBIG) {
         lss_upload_abort(r);
@@ -480,28 +405,13 @@ lss_upload_finish(struct MHD_Connection *c, lss_req_t *r)
         return lss_errno_response(c, r, err);
     }
 
-    lss_fs_enter();
-
     rc = 0;
-    if (fstatat(r->up_dir, r->up_name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
-        if (S_ISDIR(st.st_mode)) {
-            rc = EISDIR;
-        } else if (S_ISREG(st.st_mode) && st.st_nlink > 1) {
-            rc = EEXIST;
-        }
-    }
-
-    if (rc == 0 && fsync(r->up_fd) != 0) {
+    if (fsync(r->up_fd) != 0) {
         rc = errno;
     }
-
-    /* rename replaces a planted symlink itself, never its target */
-    if (rc == 0
-        && renameat(r->up_dir, r->up_tmp, r->up_dir, r->up_name) != 0)
-    {
+    if (rc == 0 && lss_fsop_commit(r->up_name, r->up_tmp) != 0) {
         rc = errno;
     }
-    lss_fs_leave();
 
     if (rc != 0) {
         lss_upload_abort(r);
@@ -515,8 +425,6 @@ lss_upload_finish(struct MHD_Connection *c, lss_req_t *r)
     r->up_done = 1;
     close(r->up_fd);
     r->up_fd = -1;
-    close(r->up_dir);
-    r->up_dir = -1;
 
     lss_iso_time(lss_now_ms(), t, sizeof(t));
 
@@ -536,15 +444,10 @@ lss_upload_abort(lss_req_t *r)
         r->up_fd = -1;
     }
 
-    if (r->up_dir >= 0) {
-        if (!r->up_done) {
-            lss_fs_enter();
-            unlinkat(r->up_dir, r->up_tmp, 0);
-            lss_fs_leave();
-        }
-        close(r->up_dir);
-        r->up_dir = -1;
+    if (r->up_name != NULL && r->up_tmp[0] != '\0' && !r->up_done) {
+        lss_fsop_unlink_tmp(r->up_name, r->up_tmp);
     }
+    r->up_tmp[0] = '\0';
 
     free(r->up_name);
     r->up_name = NULL;
@@ -555,10 +458,7 @@ lss_upload_abort(lss_req_t *r)
 enum MHD_Result
 lss_reset(struct MHD_Connection *c, lss_req_t *r)
 {
-    int             fd, i, removed, failed;
-    DIR            *d;
-    struct stat     st;
-    struct dirent  *de;
+    int  removed, failed;
 
     lss_exec_cancel_all();
     lss_context_delete_all();
@@ -566,48 +466,7 @@ lss_reset(struct MHD_Connection *c, lss_req_t *r)
     /* nothing may still be writing while the workspace is emptied */
     lss_exec_wait_idle(3000);
 
-    removed = 0;
-    failed = 0;
-
-    lss_fs_enter();
-
-    for (i = 0; i < 2; i++) {
-        fd = openat(i == 0 ? lss_conf.workspace_fd : lss_conf.tmp_fd, ".",
-                    O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        d = fd >= 0 ? fdopendir(fd) : NULL;
-        if (d == NULL) {
-            if (fd >= 0) {
-                close(fd);
-            }
-            failed++;
-            continue;
-        }
-
-        while ((de = readdir(d)) != NULL) {
-            if (strcmp(de->d_name, ".") == 0
-                || strcmp(de->d_name, "..") == 0)
-            {
-                continue;
-            }
-            if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW)
-                != 0)
-            {
-                continue;
-            }
-            /* in tmp, only what the executions own */
-            if (i == 1 && st.st_uid != lss_conf.exec_uid) {
-                continue;
-            }
-            if (lss_remove_tree(dirfd(d), de->d_name, 0) == 0) {
-                removed++;
-            } else {
-                failed++;
-            }
-        }
-        closedir(d);
-    }
-
-    lss_fs_leave();
+    lss_fsop_reset(&removed, &failed);
 
     return lss_http_json(c, r, 200,
                          json_pack("{sssisi}", "status", "reset",

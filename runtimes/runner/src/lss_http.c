@@ -209,7 +209,6 @@ lss_handler(void *cls, struct MHD_Connection *c, const char *url,
             return MHD_NO;
         }
         r->up_fd = -1;
-        r->up_dir = -1;
         r->start_ms = lss_now_ms();
         snprintf(r->line, sizeof(r->line), "%s %s", method, url);
         *con_cls = r;

@@ -30,10 +30,9 @@ typedef struct {
     int           too_large;
 
     /* PUT /files/{path} */
-    int           up_dir;
     int           up_fd;
     char          up_tmp[64];
-    char         *up_name;
+    char         *up_name;     /* the clean relative path of the target */
     uint64_t      up_size;
     int           up_error;
     int           up_done;

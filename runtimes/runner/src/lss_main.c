@@ -185,7 +185,7 @@ lss_default_zygote(void)
 int
 main(int argc, char **argv)
 {
-    int        c, sig;
+    int        c, sig, fs_helper_mode;
     sigset_t   set;
 
     enum {
@@ -195,7 +195,7 @@ main(int argc, char **argv)
         O_MAX_CONTEXTS, O_MAX_CONCURRENT, O_SOCKET_MODE, O_MAX_REQUEST,
         O_MEM_LIMIT, O_FSIZE_LIMIT, O_NPROC_LIMIT, O_NOFILE_LIMIT,
         O_PIP_FIND_LINKS, O_PIP_INDEX_URL, O_NPM_REGISTRY, O_PYTHON_BIN,
-        O_NODE_BIN, O_ZYGOTE, O_EXEC_ENV, O_NODE_SPARE, O_HELP
+        O_NODE_BIN, O_ZYGOTE, O_EXEC_ENV, O_NODE_SPARE, O_FS_HELPER, O_HELP
     };
 
     static const struct option  opts[] = {
@@ -228,10 +228,12 @@ main(int argc, char **argv)
         { "zygote", required_argument, NULL, O_ZYGOTE },
         { "exec-env", required_argument, NULL, O_EXEC_ENV },
         { "node-spare", required_argument, NULL, O_NODE_SPARE },
+        { "fs-helper", no_argument, NULL, O_FS_HELPER },
         { "help", no_argument, NULL, O_HELP },
         { NULL, 0, NULL, 0 }
     };
 
+    fs_helper_mode = 0;
     lss_conf.workspace = "/workspace";
     lss_conf.tmp = "/tmp";
     lss_conf.exec_uid = 1000;
@@ -300,6 +302,7 @@ main(int argc, char **argv)
         case O_ZYGOTE: lss_conf.zygote_path = optarg; break;
         case O_NODE_SPARE: lss_conf.node_spare = (int) lss_num(optarg);
             break;
+        case O_FS_HELPER: fs_helper_mode = 1; break;
         case O_EXEC_ENV:
             if (lss_conf.nexec_env == LSS_MAX_PRELOAD_SCRIPTS
                 || strchr(optarg, '=') == NULL)
@@ -312,6 +315,20 @@ main(int argc, char **argv)
         case O_HELP: lss_usage(); return 0;
         default: lss_usage(); return 2;
         }
+    }
+
+    if (fs_helper_mode) {
+        /* started for a runner whose kernel ignores setfsuid (lss_fsops.c) */
+        lss_conf.workspace_fd = open(lss_conf.workspace,
+                                     O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        lss_conf.tmp_fd = open(lss_conf.tmp,
+                               O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (lss_conf.workspace_fd < 0 || lss_conf.tmp_fd < 0
+            || lss_conf.exec_uid == 0 || lss_conf.exec_gid == 0)
+        {
+            return 1;
+        }
+        return lss_fsh_main();
     }
 
     if (lss_conf.listen == NULL || optind != argc) {
@@ -367,6 +384,8 @@ main(int argc, char **argv)
                 lss_conf.tmp, strerror(errno));
         return 1;
     }
+
+    lss_conf.fs_helper = lss_fsh_wanted();
 
     umask(022);
     signal(SIGPIPE, SIG_IGN);

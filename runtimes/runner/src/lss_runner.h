@@ -51,6 +51,7 @@ typedef struct {
     int          nproc_limit;
     int          nofile_limit;
     int          node_spare;
+    int          fs_helper;    /* file operations through the helper */
 
     /* runtime state */
     char        *token;
@@ -202,6 +203,18 @@ void lss_fs_enter(void);
 void lss_fs_leave(void);
 void lss_fs_own(int fd);
 int lss_remove_tree(int dirfd, const char *name, int depth);
+
+
+/* lss_fsops.c: file operations with the exec uid's identity */
+int lss_fsh_wanted(void);
+int lss_fsh_main(void);
+int lss_fsop_open(const char *rel, int flags, mode_t mode);
+int lss_fsop_mkdir(const char *rel);
+int lss_fsop_delete(const char *rel, int recursive);
+int lss_fsop_create_tmp(const char *rel, char *tmp, size_t len);
+int lss_fsop_commit(const char *rel, const char *tmp);
+int lss_fsop_unlink_tmp(const char *rel, const char *tmp);
+void lss_fsop_reset(int *removed, int *failed);
 
 
 /* lss_http.c */

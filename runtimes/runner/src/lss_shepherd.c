@@ -36,6 +36,7 @@
 
 static int lss_kill_descendants(void);
 static void lss_kill_orphans(uid_t uid);
+static void lss_kill_uid(uid_t uid);
 
 int    lss_no_subreaper;
 pid_t  lss_runner_pid;
@@ -513,6 +514,36 @@ lss_kill_orphans(uid_t uid)
         if (found == 0) {
             return;
         }
+        if (round == 20) {
+            lss_kill_uid(uid);
+        }
         usleep(1000);
+    }
+}
+
+
+/*
+ * The last resort against a tree that forks faster than it is walked:
+ * kill(-1) from a process of the exec uid reaches every process of that
+ * uid in one pass that fork cannot race (the kernel holds the task list
+ * lock).  It also ends the sandbox's other executions, contexts and
+ * spare: acceptable for a fork bomb, and only ever after many rounds.
+ */
+static void
+lss_kill_uid(uid_t uid)
+{
+    pid_t  pid;
+
+    pid = fork();
+    if (pid == 0) {
+        if (setresgid(uid, uid, uid) == 0 && setresuid(uid, uid, uid) == 0) {
+            kill(-1, SIGKILL);
+        }
+        _exit(0);
+    }
+    if (pid > 0) {
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
+            /* retry */
+        }
     }
 }

@@ -47,8 +47,9 @@ def make_wheel(directory, name, version, module_source):
 
 
 class Runner:
-    def __init__(self, tmp, extra_args=(), env=None):
+    def __init__(self, tmp, extra_args=(), env=None, exec_uid=EXEC_UID):
         self.tmp = tmp
+        self.exec_uid = exec_uid
         self.sock = os.path.join(tmp, "runner.sock")
         self.workspace = os.path.join(tmp, "workspace")
         self.tmpdir = os.path.join(tmp, "tmp")
@@ -56,7 +57,7 @@ class Runner:
         self.token_file = os.path.join(tmp, "token")
         for d in (self.workspace, self.tmpdir, self.wheels):
             os.makedirs(d)
-        os.chown(self.workspace, EXEC_UID, EXEC_UID)
+        os.chown(self.workspace, exec_uid, exec_uid)
         os.chmod(self.tmpdir, 0o1777)
         os.chmod(tmp, 0o711)
         with open(self.token_file, "w") as f:
@@ -71,7 +72,7 @@ class Runner:
         args = [RUNNER, "--listen", "unix:" + self.sock,
                 "--token-file", self.token_file,
                 "--workspace", self.workspace, "--tmp", self.tmpdir,
-                "--exec-uid", str(EXEC_UID), "--exec-gid", str(EXEC_UID),
+                "--exec-uid", str(exec_uid), "--exec-gid", str(exec_uid),
                 "--preload-packages", "json,numpy",
                 "--preload-script", "helper=" + self.preload,
                 "--pip-find-links", self.wheels,
@@ -153,6 +154,15 @@ def is_spare_node(pid):
             and b"readFileSync(3" in argv[2])
 
 
+def is_fs_helper(pid):
+    """The runner's fs helper (where setfsuid is not honoured)."""
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            return b"\0--fs-helper\0" in f.read()
+    except OSError:
+        return False
+
+
 def uid_processes(uid=EXEC_UID, spares=False):
     """pids of every process running as uid (the exec uid)."""
     pids = []
@@ -169,19 +179,20 @@ def uid_processes(uid=EXEC_UID, spares=False):
         except OSError:
             pass
     if not spares:
-        pids = [p for p in pids if not is_spare_node(p)]
+        pids = [p for p in pids if not is_spare_node(p)
+                and not is_fs_helper(p)]
     return pids
 
 
-def wait_no_uid_processes(limit=5.0):
+def wait_no_uid_processes(limit=5.0, uid=EXEC_UID):
     """Processes of the exec uid, after giving a killed tree time to go."""
     end = time.monotonic() + limit
     while time.monotonic() < end:
-        left = uid_processes()
+        left = uid_processes(uid)
         if not left:
             return []
         time.sleep(0.05)
-    return uid_processes()
+    return uid_processes(uid)
 
 
 @pytest.fixture(scope="session")
@@ -200,11 +211,12 @@ def runner():
 @pytest.fixture(scope="session")
 def walk_runner(runner):
     """A second runner forced onto the fallbacks used where the kernel (or
-    gVisor) lacks openat2 and child subreapers."""
+    gVisor) lacks openat2, child subreapers and setfsuid."""
     tmp = tempfile.mkdtemp(prefix="lss-runner-walk-")
-    r = Runner(tmp, ["--languages", "python,bash"],
+    r = Runner(tmp, ["--languages", "python,bash"], exec_uid=EXEC_UID + 1,
                env={"LLMSAFESPACE_RUNNER_NO_OPENAT2": "1",
-                    "LLMSAFESPACE_RUNNER_NO_SUBREAPER": "1"})
+                    "LLMSAFESPACE_RUNNER_NO_SUBREAPER": "1",
+                    "LLMSAFESPACE_RUNNER_FS_HELPER": "1"})
     yield r
     r.stop()
     shutil.rmtree(tmp, ignore_errors=True)

@@ -41,7 +41,7 @@ def test_upload_download_list_delete(mode_runner):
     j = r.json()
     assert j["size"] == 11 and "createdAt" in j
     st = os.stat(os.path.join(runner.workspace, "dir1/hello.txt"))
-    assert st.st_uid == EXEC_UID          # written with the exec identity
+    assert st.st_uid == runner.exec_uid   # written with the exec identity
     r = c.get("/files/dir1/hello.txt")
     assert r.status_code == 200 and r.content == b"hello\x00world"
     r = c.get("/files", params={"path": "dir1"})
@@ -56,7 +56,8 @@ def test_upload_download_list_delete(mode_runner):
     r = runner.execute("print(open('dir1/hello.txt','rb').read())\n"
                        "open('made.txt','w').write('by code')")
     assert r["stdout"] == "b'hello\\x00world'\n"
-    assert c.get("/files/made.txt").content == b"by code"
+    r = c.get("/files/made.txt")
+    assert r.content == b"by code", r.text
     # overwrite
     assert c.put("/files/made.txt", content=b"new").status_code == 201
     assert c.get("/files/made.txt").content == b"new"

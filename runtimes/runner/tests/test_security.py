@@ -182,7 +182,7 @@ def test_fork_bomb(mode_runner):
     runner = mode_runner
     r = runner.command(["bash", "-c", ":(){ :|:& };:"], timeout=3)
     assert r["status"] in ("timeout", "completed", "failed")
-    assert wait_no_uid_processes() == []
+    assert wait_no_uid_processes(uid=runner.exec_uid) == []
     assert runner.execute("print('alive')")["stdout"] == "alive\n"
 
 
@@ -226,7 +226,7 @@ def test_cpu_spin(mode_runner):
     runner = mode_runner
     r = runner.command(["sh", "-c", "while :; do :; done"], timeout=1)
     assert r["status"] == "timeout"
-    assert wait_no_uid_processes() == []
+    assert wait_no_uid_processes(uid=runner.exec_uid) == []
 
 
 def test_daemonised_children_all_die(mode_runner):
@@ -251,7 +251,7 @@ print("spawned", flush=True)
     r = runner.execute(code)
     assert r["stdout"] == "spawned\n", r
     assert r["status"] == "completed"
-    assert wait_no_uid_processes() == []
+    assert wait_no_uid_processes(uid=runner.exec_uid) == []
 
 
 def test_zombies_reaped(runner):
