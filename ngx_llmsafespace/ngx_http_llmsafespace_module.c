@@ -557,6 +557,10 @@ ngx_http_llmsafespace_init_process(ngx_cycle_t *cycle)
         return NGX_ERROR;
     }
 
+    if (ngx_http_llmsafespace_metrics_init_process(cycle) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     return ngx_http_llmsafespace_auth_init_process(cycle, lmcf);
 }
 
@@ -564,6 +568,7 @@ ngx_http_llmsafespace_init_process(ngx_cycle_t *cycle)
 static void
 ngx_http_llmsafespace_exit_process(ngx_cycle_t *cycle)
 {
+    ngx_http_llmsafespace_metrics_exit_process(cycle);
     ngx_http_llmsafespace_auth_exit_process(cycle);
     ngx_http_llmsafespace_audit_exit_process(cycle);
     ngx_http_llmsafespace_pg_exit_process(cycle);
