@@ -18,9 +18,9 @@ PYTHON     ?= /usr/bin/python3
 
 export TOP BUILD MODULE
 
-.PHONY: all module deps install uninstall test test-unit test-gateway \
-        test-gateway-valgrind test-runner test-runtimes bench run stop \
-        admin-key fuzz clean
+.PHONY: all module runner deps install uninstall test test-unit test-gateway \
+        test-gateway-valgrind test-runner test-runtimes test-controller \
+        bench run stop admin-key clean
 
 all: module runner
 
@@ -67,7 +67,12 @@ uninstall:
 	    /usr/share/nginx/modules-available/mod-http-llmsafespace.conf \
 	    /etc/nginx/modules-enabled/50-mod-http-llmsafespace.conf
 
-test: deps module test-unit test-gateway test-runner test-runtimes
+test: deps module test-unit test-gateway test-runner test-runtimes \
+      test-controller
+
+# checks that need no server: seccomp profiles, descriptors, CRDs, bundles
+test-unit:
+	$(MAKE) -C runtimes test-static
 
 test-gateway: $(MODULE)
 	$(PROVE) -I t/lib t/
@@ -82,6 +87,9 @@ test-runner:
 
 test-runtimes:
 	$(MAKE) -C runtimes test
+
+test-controller:
+	$(MAKE) -C controller test
 
 bench: $(MODULE)
 	bench/run.sh
