@@ -474,7 +474,7 @@ lss_kill_orphans(uid_t uid)
     DIR            *d;
     struct dirent  *de;
 
-    for (round = 0; round < 100; round++) {
+    for (round = 0; round < 300; round++) {
         d = opendir("/proc");
         if (d == NULL) {
             return;
@@ -514,7 +514,7 @@ lss_kill_orphans(uid_t uid)
         if (found == 0) {
             return;
         }
-        if (round == 20) {
+        if (round % 20 == 19) {
             lss_kill_uid(uid);
         }
         usleep(1000);

@@ -256,3 +256,18 @@ async def ws_collect(ws, execution_id, limit=10000):
         if m["type"] == "execution_complete":
             return out
     raise AssertionError("no execution_complete")
+
+
+def describe(pids):
+    """state, parent and command of pids, for assertion messages."""
+    out = []
+    for p in pids[:10]:
+        try:
+            with open("/proc/%d/stat" % p) as f:
+                st = f.read().rsplit(")", 1)[1].split()
+            with open("/proc/%d/cmdline" % p, "rb") as f:
+                cmd = f.read().replace(b"\0", b" ")[:60]
+            out.append((p, st[0], int(st[1]), cmd))
+        except OSError:
+            pass
+    return out

@@ -7,6 +7,7 @@ import time
 import pytest
 
 from conftest import EXEC_UID, TOKEN, uid_processes, wait_no_uid_processes
+from conftest import describe
 
 
 def test_posture_from_inside(runner):
@@ -182,7 +183,8 @@ def test_fork_bomb(mode_runner):
     runner = mode_runner
     r = runner.command(["bash", "-c", ":(){ :|:& };:"], timeout=3)
     assert r["status"] in ("timeout", "completed", "failed")
-    assert wait_no_uid_processes(uid=runner.exec_uid) == []
+    left = wait_no_uid_processes(uid=runner.exec_uid)
+    assert left == [], (runner.proc.pid, describe(left))
     assert runner.execute("print('alive')")["stdout"] == "alive\n"
 
 
