@@ -266,6 +266,9 @@ lsc_local_create(lsc_ctx_t *ctx, lsc_sandbox_t *sb, lsc_pool_t *pool)
         argv[argc++] = "--oci-seccomp";
         argv[argc++] = "--network=none";
         argv[argc++] = "--host-uds=create";
+        /* the shared default refuses the runner's chmod of its socket;
+         * nothing outside changes the run dir while the sandbox runs */
+        argv[argc++] = "--file-access-mounts=exclusive";
         argv[argc++] = "run";
         argv[argc++] = "--detach";
         argv[argc++] = "--bundle";
