@@ -211,6 +211,12 @@ lss_handler(void *cls, struct MHD_Connection *c, const char *url,
         r->up_fd = -1;
         r->start_ms = lss_now_ms();
         snprintf(r->line, sizeof(r->line), "%s %s", method, url);
+        /* one line per request: nothing a client sends may break it */
+        for (nb = r->line; *nb != '\0'; nb++) {
+            if ((u_char) *nb < 0x20 || (u_char) *nb == 0x7f) {
+                *nb = '?';
+            }
+        }
         *con_cls = r;
 
         if (!lss_token_ok(MHD_lookup_connection_value(c, MHD_HEADER_KIND,
