@@ -154,6 +154,13 @@ lss_py_init(const char *packages, char **scripts, int nscripts)
 }
 
 
+void
+lss_py_after_fork(void)
+{
+    PyOS_AfterFork_Child();
+}
+
+
 /* stateless worker: confine, run, exit */
 void
 lss_py_run(json_t *req, int *fds)
@@ -161,8 +168,6 @@ lss_py_run(json_t *req, int *fds)
     int          rc;
     PyObject    *m;
     const char  *code;
-
-    PyOS_AfterFork_Child();
 
     lss_confine(req, fds);
 
@@ -192,8 +197,6 @@ lss_py_context(json_t *req, int *fds)
     json_t           *r;
     PyObject         *m;
     lss_ctx_reply_t   reply;
-
-    PyOS_AfterFork_Child();
 
     lss_confine(req, fds);
 

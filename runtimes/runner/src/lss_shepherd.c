@@ -58,6 +58,11 @@ lss_worker(int sock, int python)
 
     prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
 
+    /* the interpreter's after-fork work is done while idle, not on the path */
+    if (python) {
+        lss_py_after_fork();
+    }
+
     n = lss_fd_recv(sock, rfds, 5);
     if (n < 4) {
         _exit(1);

@@ -30,6 +30,7 @@ json_t *lss_request_read(int fd);
 
 /* lss_python.c */
 int lss_py_init(const char *packages, char **scripts, int nscripts);
+void lss_py_after_fork(void);
 void lss_py_run(json_t *req, int *fds) __attribute__((noreturn));
 void lss_py_context(json_t *req, int *fds) __attribute__((noreturn));
 
