@@ -100,9 +100,11 @@ else
     cp "$here/install.sh" "$recipe/packages.txt" "$tmp/tmp/lss/"
     mount --bind "$debs" "$tmp/var/cache/apt/archives"
     mounted=$tmp/var/cache/apt/archives
-    run chroot "$tmp" env LSS_APT_CACHE_SHARED=1 sh /tmp/lss/install.sh \
-        --sandbox-user --runner-deps /tmp/lss/runner-deps.txt \
-        /tmp/lss/packages.txt
+    # apt refuses, rather than waits, when another build holds the shared
+    # cache's lock: builds take turns here instead.
+    run flock "$debs/.lock" chroot "$tmp" env LSS_APT_CACHE_SHARED=1 \
+        sh /tmp/lss/install.sh --sandbox-user \
+        --runner-deps /tmp/lss/runner-deps.txt /tmp/lss/packages.txt
     umount "$mounted"
     mounted=
     rm -rf "$tmp/tmp/lss" "$tmp"/var/cache/apt/archives/*.deb \
@@ -115,11 +117,17 @@ else
     echo sandbox >"$tmp/etc/hostname"
 
     if [ -d "$root" ]; then
-        mv "$root" "$out/.old.$name.$$"
+        mv -T "$root" "$out/.old.$name.$$" 2>/dev/null || true
     fi
-    mv "$tmp" "$root"
-    echo "$key" >"$stamp"
+    # -T: never move the new tree *into* one a concurrent build has just
+    # put in place; that build made the same tree, so ours is dropped.
+    if mv -T "$tmp" "$root" 2>/dev/null; then
+        tmp=
+        echo "$key" >"$stamp.$$"
+        mv -T "$stamp.$$" "$stamp"
+    fi
     rm -rf "$out/.old.$name.$$"
+    cleanup
     trap - EXIT INT TERM
 fi
 
