@@ -177,6 +177,8 @@ void ngx_http_llmsafespace_wake(ngx_http_request_t *r);
 /* responses (ngx_http_llmsafespace_response.c) */
 ngx_int_t ngx_http_llmsafespace_send_json(ngx_http_request_t *r,
     ngx_uint_t status, json_t *json);
+ngx_int_t ngx_http_llmsafespace_send_object(ngx_http_request_t *r,
+    ngx_uint_t status, json_t *json);
 ngx_int_t ngx_http_llmsafespace_send_error(ngx_http_request_t *r,
     ngx_uint_t status, const char *code, const char *fmt, ...);
 ngx_int_t ngx_http_llmsafespace_send_field_error(ngx_http_request_t *r,

@@ -28,7 +28,9 @@ static ngx_int_t ngx_http_llmsafespace_error_body_filter(
     ngx_http_request_t *r, ngx_chain_t *in);
 static ngx_buf_t *ngx_http_llmsafespace_error_body(ngx_http_request_t *r,
     const char *code, ngx_str_t *message, json_t *details);
-static ngx_int_t ngx_http_llmsafespace_send_error_body(ngx_http_request_t *r,
+static ngx_buf_t *ngx_http_llmsafespace_json_buf(ngx_http_request_t *r,
+    json_t *json);
+static ngx_int_t ngx_http_llmsafespace_send_buffer(ngx_http_request_t *r,
     ngx_uint_t status, ngx_buf_t *b);
 static ngx_int_t ngx_http_llmsafespace_add_header(ngx_http_request_t *r,
     const char *name, ngx_uint_t value);
@@ -93,56 +95,37 @@ ngx_http_llmsafespace_error_message(ngx_uint_t status)
 }
 
 
+/* takes the reference: a NULL object (a failed json_pack()) is a 500 */
+
+ngx_int_t
+ngx_http_llmsafespace_send_object(ngx_http_request_t *r, ngx_uint_t status,
+    json_t *json)
+{
+    ngx_int_t  rc;
+
+    if (json == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rc = ngx_http_llmsafespace_send_json(r, status, json);
+    json_decref(json);
+
+    return rc;
+}
+
+
 ngx_int_t
 ngx_http_llmsafespace_send_json(ngx_http_request_t *r, ngx_uint_t status,
     json_t *json)
 {
-    char         *text;
-    size_t        len;
-    ngx_int_t     rc;
-    ngx_buf_t    *b;
-    ngx_chain_t   out;
+    ngx_buf_t  *b;
 
-    text = json_dumps(json, JSON_COMPACT | JSON_ENSURE_ASCII);
-    if (text == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    len = ngx_strlen(text);
-
-    b = ngx_create_temp_buf(r->pool, len + 1);
+    b = ngx_http_llmsafespace_json_buf(r, json);
     if (b == NULL) {
-        free(text);
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    b->last = ngx_cpymem(b->last, text, len);
-    *b->last++ = '\n';
-    free(text);
-
-    b->last_buf = (r == r->main) ? 1 : 0;
-    b->last_in_chain = 1;
-
-    r->headers_out.status = status;
-    r->headers_out.content_length_n = b->last - b->pos;
-    ngx_str_set(&r->headers_out.content_type, "application/json");
-    r->headers_out.content_type_len = r->headers_out.content_type.len;
-    r->headers_out.content_type_lowcase = NULL;
-
-    if (r->method == NGX_HTTP_HEAD) {
-        r->header_only = 1;
-    }
-
-    rc = ngx_http_send_header(r);
-
-    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
-        return rc;
-    }
-
-    out.buf = b;
-    out.next = NULL;
-
-    return ngx_http_output_filter(r, &out);
+    return ngx_http_llmsafespace_send_buffer(r, status, b);
 }
 
 
@@ -172,7 +155,7 @@ ngx_http_llmsafespace_send_error(ngx_http_request_t *r, ngx_uint_t status,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    return ngx_http_llmsafespace_send_error_body(r, status, b);
+    return ngx_http_llmsafespace_send_buffer(r, status, b);
 }
 
 
@@ -205,12 +188,14 @@ ngx_http_llmsafespace_send_error_details(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    return ngx_http_llmsafespace_send_error_body(r, status, b);
+    return ngx_http_llmsafespace_send_buffer(r, status, b);
 }
 
 
+/* a whole JSON body in one buffer */
+
 static ngx_int_t
-ngx_http_llmsafespace_send_error_body(ngx_http_request_t *r,
+ngx_http_llmsafespace_send_buffer(ngx_http_request_t *r,
     ngx_uint_t status, ngx_buf_t *b)
 {
     ngx_int_t    rc;
@@ -245,8 +230,6 @@ static ngx_buf_t *
 ngx_http_llmsafespace_error_body(ngx_http_request_t *r, const char *code,
     ngx_str_t *message, json_t *details)
 {
-    char       *text;
-    size_t      len;
     json_t     *json;
     ngx_buf_t  *b;
 
@@ -259,14 +242,27 @@ ngx_http_llmsafespace_error_body(ngx_http_request_t *r, const char *code,
     json = json_pack("{s:{s:s, s:s%, s:o}}", "error", "code", code,
                      "message", message->data, message->len,
                      "details", details);
-
     if (json == NULL) {
         return NULL;
     }
 
-    text = json_dumps(json, JSON_COMPACT | JSON_ENSURE_ASCII);
+    b = ngx_http_llmsafespace_json_buf(r, json);
     json_decref(json);
 
+    return b;
+}
+
+
+/* the compact text of a JSON value and a newline, as the last buffer */
+
+static ngx_buf_t *
+ngx_http_llmsafespace_json_buf(ngx_http_request_t *r, json_t *json)
+{
+    char       *text;
+    size_t      len;
+    ngx_buf_t  *b;
+
+    text = json_dumps(json, JSON_COMPACT | JSON_ENSURE_ASCII);
     if (text == NULL) {
         return NULL;
     }

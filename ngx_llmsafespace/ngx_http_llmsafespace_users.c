@@ -27,7 +27,12 @@
 #define NGX_HTTP_LLMSAFESPACE_LIST_MAX     1000
 
 
-static ngx_int_t ngx_http_llmsafespace_users_need_pg(ngx_http_request_t *r);
+static ngx_uint_t ngx_http_llmsafespace_have_pg(ngx_http_request_t *r);
+static ngx_int_t ngx_http_llmsafespace_no_pg(ngx_http_request_t *r);
+static u_char *ngx_http_llmsafespace_cstr(ngx_http_request_t *r,
+    u_char *data, size_t len);
+static ngx_int_t ngx_http_llmsafespace_send_list(ngx_http_request_t *r,
+    PGresult *res, const char *name, json_t *(*row)(PGresult *res, int i));
 static ngx_int_t ngx_http_llmsafespace_page(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, u_char *limit, u_char *offset);
 static json_t *ngx_http_llmsafespace_value(PGresult *res, int row, int col);
@@ -104,7 +109,6 @@ ngx_http_llmsafespace_user_get(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id)
 {
     json_t     *json;
-    ngx_int_t   rc;
 
     json = json_pack("{s:s%, s:s%, s:s, s:s%}",
                      "id", ctx->identity.user_id.data,
@@ -116,14 +120,7 @@ ngx_http_llmsafespace_user_get(ngx_http_request_t *r,
                              ? "admin" : "user",
                      "keyId", ctx->identity.key_id.data,
                      ctx->identity.key_id.len);
-    if (json == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    rc = ngx_http_llmsafespace_send_json(r, NGX_HTTP_OK, json);
-    json_decref(json);
-
-    return rc;
+    return ngx_http_llmsafespace_send_object(r, NGX_HTTP_OK, json);
 }
 
 
@@ -134,19 +131,15 @@ ngx_http_llmsafespace_apikeys_list(ngx_http_request_t *r,
     u_char      *user;
     const char  *values[1];
 
-    if (ngx_http_llmsafespace_users_need_pg(r) != NGX_OK) {
-        return ngx_http_llmsafespace_send_error(r, NGX_HTTP_NOT_IMPLEMENTED,
-                     "not_implemented", "API keys are managed in the keys "
-                     "file: this gateway has no llmsafespace_postgres");
+    if (!ngx_http_llmsafespace_have_pg(r)) {
+        return ngx_http_llmsafespace_no_pg(r);
     }
 
-    user = ngx_pnalloc(r->pool, ctx->identity.user_id.len + 1);
+    user = ngx_http_llmsafespace_cstr(r, ctx->identity.user_id.data,
+                                      ctx->identity.user_id.len);
     if (user == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
-
-    *ngx_cpymem(user, ctx->identity.user_id.data,
-                ctx->identity.user_id.len) = '\0';
 
     values[0] = (const char *) user;
 
@@ -161,34 +154,8 @@ static ngx_int_t
 ngx_http_llmsafespace_apikeys_listed(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, PGresult *res)
 {
-    int         i;
-    json_t     *list, *json;
-    ngx_int_t   rc;
-
-    list = json_array();
-    if (list == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    for (i = 0; i < PQntuples(res); i++) {
-        if (json_array_append_new(list,
-                                  ngx_http_llmsafespace_key_json(res, i))
-            != 0)
-        {
-            json_decref(list);
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-    }
-
-    json = json_pack("{s:o}", "apiKeys", list);
-    if (json == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    rc = ngx_http_llmsafespace_send_json(r, NGX_HTTP_OK, json);
-    json_decref(json);
-
-    return rc;
+    return ngx_http_llmsafespace_send_list(r, res, "apiKeys",
+                                           ngx_http_llmsafespace_key_json);
 }
 
 
@@ -202,10 +169,8 @@ ngx_http_llmsafespace_apikeys_create(ngx_http_request_t *r,
 
     static const char  *fields[] = { "name", NULL };
 
-    if (ngx_http_llmsafespace_users_need_pg(r) != NGX_OK) {
-        return ngx_http_llmsafespace_send_error(r, NGX_HTTP_NOT_IMPLEMENTED,
-                     "not_implemented", "API keys are managed in the keys "
-                     "file: this gateway has no llmsafespace_postgres");
+    if (!ngx_http_llmsafespace_have_pg(r)) {
+        return ngx_http_llmsafespace_no_pg(r);
     }
 
     if (ngx_http_llmsafespace_api_only(r, ctx, fields) != NGX_OK
@@ -251,7 +216,6 @@ ngx_http_llmsafespace_apikeys_created(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, PGresult *res)
 {
     json_t                           *json;
-    ngx_int_t                         rc;
     ngx_http_llmsafespace_new_key_t  *key;
 
     key = ctx->new_key;
@@ -282,10 +246,7 @@ ngx_http_llmsafespace_apikeys_created(ngx_http_request_t *r,
     ctx->audit_object.data = key->key_id;
     ctx->audit_object.len = NGX_HTTP_LLMSAFESPACE_KEY_ID_LEN;
 
-    rc = ngx_http_llmsafespace_send_json(r, NGX_HTTP_CREATED, json);
-    json_decref(json);
-
-    return rc;
+    return ngx_http_llmsafespace_send_object(r, NGX_HTTP_CREATED, json);
 }
 
 
@@ -296,24 +257,19 @@ ngx_http_llmsafespace_apikeys_delete(ngx_http_request_t *r,
     u_char      *key_id, *user;
     const char  *values[3];
 
-    if (ngx_http_llmsafespace_users_need_pg(r) != NGX_OK) {
-        return ngx_http_llmsafespace_send_error(r, NGX_HTTP_NOT_IMPLEMENTED,
-                     "not_implemented", "API keys are managed in the keys "
-                     "file: this gateway has no llmsafespace_postgres");
+    if (!ngx_http_llmsafespace_have_pg(r)) {
+        return ngx_http_llmsafespace_no_pg(r);
     }
 
     ctx->audit_object = *id;
 
-    key_id = ngx_pnalloc(r->pool, id->len + 1);
-    user = ngx_pnalloc(r->pool, ctx->identity.user_id.len + 1);
+    key_id = ngx_http_llmsafespace_cstr(r, id->data, id->len);
+    user = ngx_http_llmsafespace_cstr(r, ctx->identity.user_id.data,
+                                      ctx->identity.user_id.len);
 
     if (key_id == NULL || user == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
-
-    *ngx_cpymem(key_id, id->data, id->len) = '\0';
-    *ngx_cpymem(user, ctx->identity.user_id.data,
-                ctx->identity.user_id.len) = '\0';
 
     values[0] = (const char *) key_id;
     values[1] = (const char *) user;
@@ -332,7 +288,6 @@ ngx_http_llmsafespace_apikeys_revoked(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, PGresult *res)
 {
     json_t     *json;
-    ngx_int_t   rc;
 
     if (PQntuples(res) != 1) {
         return ngx_http_llmsafespace_send_error(r, NGX_HTTP_NOT_FOUND,
@@ -344,14 +299,7 @@ ngx_http_llmsafespace_apikeys_revoked(ngx_http_request_t *r,
     ngx_http_llmsafespace_key_revoked(&ctx->audit_object);
 
     json = ngx_http_llmsafespace_key_json(res, 0);
-    if (json == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    rc = ngx_http_llmsafespace_send_json(r, NGX_HTTP_OK, json);
-    json_decref(json);
-
-    return rc;
+    return ngx_http_llmsafespace_send_object(r, NGX_HTTP_OK, json);
 }
 
 
@@ -362,10 +310,8 @@ ngx_http_llmsafespace_users_list(ngx_http_request_t *r,
     u_char      *limit, *offset;
     const char  *values[2];
 
-    if (ngx_http_llmsafespace_users_need_pg(r) != NGX_OK) {
-        return ngx_http_llmsafespace_send_error(r, NGX_HTTP_NOT_IMPLEMENTED,
-                     "not_implemented", "users are managed in the keys "
-                     "file: this gateway has no llmsafespace_postgres");
+    if (!ngx_http_llmsafespace_have_pg(r)) {
+        return ngx_http_llmsafespace_no_pg(r);
     }
 
     limit = ngx_pnalloc(r->pool, 2 * NGX_INT_T_LEN);
@@ -432,34 +378,8 @@ static ngx_int_t
 ngx_http_llmsafespace_users_listed(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, PGresult *res)
 {
-    int         i;
-    json_t     *list, *json;
-    ngx_int_t   rc;
-
-    list = json_array();
-    if (list == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    for (i = 0; i < PQntuples(res); i++) {
-        if (json_array_append_new(list,
-                                  ngx_http_llmsafespace_user_json(res, i))
-            != 0)
-        {
-            json_decref(list);
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-    }
-
-    json = json_pack("{s:o}", "users", list);
-    if (json == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    rc = ngx_http_llmsafespace_send_json(r, NGX_HTTP_OK, json);
-    json_decref(json);
-
-    return rc;
+    return ngx_http_llmsafespace_send_list(r, res, "users",
+                                           ngx_http_llmsafespace_user_json);
 }
 
 
@@ -475,10 +395,8 @@ ngx_http_llmsafespace_users_create(ngx_http_request_t *r,
 
     static const char  *fields[] = { "name", "role", NULL };
 
-    if (ngx_http_llmsafespace_users_need_pg(r) != NGX_OK) {
-        return ngx_http_llmsafespace_send_error(r, NGX_HTTP_NOT_IMPLEMENTED,
-                     "not_implemented", "users are managed in the keys "
-                     "file: this gateway has no llmsafespace_postgres");
+    if (!ngx_http_llmsafespace_have_pg(r)) {
+        return ngx_http_llmsafespace_no_pg(r);
     }
 
     if (ngx_http_llmsafespace_api_only(r, ctx, fields) != NGX_OK
@@ -557,7 +475,6 @@ ngx_http_llmsafespace_users_created(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, PGresult *res)
 {
     json_t     *json;
-    ngx_int_t   rc;
 
     if (PQntuples(res) != 1) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -571,14 +488,7 @@ ngx_http_llmsafespace_users_created(ngx_http_request_t *r,
                      "key", ctx->new_key->key,
                      (size_t) NGX_HTTP_LLMSAFESPACE_KEY_LEN,
                      "createdAt", ngx_http_llmsafespace_value(res, 0, 6));
-    if (json == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    rc = ngx_http_llmsafespace_send_json(r, NGX_HTTP_CREATED, json);
-    json_decref(json);
-
-    return rc;
+    return ngx_http_llmsafespace_send_object(r, NGX_HTTP_CREATED, json);
 }
 
 
@@ -589,20 +499,16 @@ ngx_http_llmsafespace_users_get(ngx_http_request_t *r,
     u_char      *user;
     const char  *values[1];
 
-    if (ngx_http_llmsafespace_users_need_pg(r) != NGX_OK) {
-        return ngx_http_llmsafespace_send_error(r, NGX_HTTP_NOT_IMPLEMENTED,
-                     "not_implemented", "users are managed in the keys "
-                     "file: this gateway has no llmsafespace_postgres");
+    if (!ngx_http_llmsafespace_have_pg(r)) {
+        return ngx_http_llmsafespace_no_pg(r);
     }
 
     ctx->audit_object = *id;
 
-    user = ngx_pnalloc(r->pool, id->len + 1);
+    user = ngx_http_llmsafespace_cstr(r, id->data, id->len);
     if (user == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
-
-    *ngx_cpymem(user, id->data, id->len) = '\0';
     values[0] = (const char *) user;
 
     return ngx_http_llmsafespace_api_query(r, ctx,
@@ -617,7 +523,6 @@ ngx_http_llmsafespace_users_got(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, PGresult *res)
 {
     json_t     *json;
-    ngx_int_t   rc;
 
     if (PQntuples(res) != 1) {
         return ngx_http_llmsafespace_send_error(r, NGX_HTTP_NOT_FOUND,
@@ -627,14 +532,7 @@ ngx_http_llmsafespace_users_got(ngx_http_request_t *r,
     }
 
     json = ngx_http_llmsafespace_user_json(res, 0);
-    if (json == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    rc = ngx_http_llmsafespace_send_json(r, NGX_HTTP_OK, json);
-    json_decref(json);
-
-    return rc;
+    return ngx_http_llmsafespace_send_object(r, NGX_HTTP_OK, json);
 }
 
 
@@ -645,10 +543,8 @@ ngx_http_llmsafespace_users_delete(ngx_http_request_t *r,
     u_char      *user;
     const char  *values[1];
 
-    if (ngx_http_llmsafespace_users_need_pg(r) != NGX_OK) {
-        return ngx_http_llmsafespace_send_error(r, NGX_HTTP_NOT_IMPLEMENTED,
-                     "not_implemented", "users are managed in the keys "
-                     "file: this gateway has no llmsafespace_postgres");
+    if (!ngx_http_llmsafespace_have_pg(r)) {
+        return ngx_http_llmsafespace_no_pg(r);
     }
 
     ctx->audit_object = *id;
@@ -662,12 +558,10 @@ ngx_http_llmsafespace_users_delete(ngx_http_request_t *r,
                                                 "their own user");
     }
 
-    user = ngx_pnalloc(r->pool, id->len + 1);
+    user = ngx_http_llmsafespace_cstr(r, id->data, id->len);
     if (user == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
-
-    *ngx_cpymem(user, id->data, id->len) = '\0';
     values[0] = (const char *) user;
 
     return ngx_http_llmsafespace_api_query(r, ctx,
@@ -683,7 +577,6 @@ ngx_http_llmsafespace_users_deleted(ngx_http_request_t *r,
 {
     int         i, revoked;
     json_t     *json;
-    ngx_int_t   rc;
     ngx_str_t   key_id;
 
     if (PQntuples(res) == 0) {
@@ -710,25 +603,72 @@ ngx_http_llmsafespace_users_deleted(ngx_http_request_t *r,
     json = json_pack("{s:s%, s:b, s:i}",
                      "id", ctx->audit_object.data, ctx->audit_object.len,
                      "deleted", 1, "revokedKeys", revoked);
-    if (json == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    rc = ngx_http_llmsafespace_send_json(r, NGX_HTTP_OK, json);
-    json_decref(json);
-
-    return rc;
+    return ngx_http_llmsafespace_send_object(r, NGX_HTTP_OK, json);
 }
 
 
-static ngx_int_t
-ngx_http_llmsafespace_users_need_pg(ngx_http_request_t *r)
+static ngx_uint_t
+ngx_http_llmsafespace_have_pg(ngx_http_request_t *r)
 {
     ngx_http_llmsafespace_main_conf_t  *lmcf;
 
     lmcf = ngx_http_get_module_main_conf(r, ngx_http_llmsafespace_module);
 
-    return lmcf->pg.conninfo.len ? NGX_OK : NGX_ABORT;
+    return lmcf->pg.conninfo.len != 0;
+}
+
+
+static ngx_int_t
+ngx_http_llmsafespace_no_pg(ngx_http_request_t *r)
+{
+    return ngx_http_llmsafespace_send_error(r, NGX_HTTP_NOT_IMPLEMENTED,
+                     "not_implemented", "users and API keys are managed in "
+                     "the keys file: this gateway has no "
+                     "llmsafespace_postgres");
+}
+
+
+/* query parameters are C strings */
+
+static u_char *
+ngx_http_llmsafespace_cstr(ngx_http_request_t *r, u_char *data, size_t len)
+{
+    u_char  *p;
+
+    p = ngx_pnalloc(r->pool, len + 1);
+    if (p == NULL) {
+        return NULL;
+    }
+
+    *ngx_cpymem(p, data, len) = '\0';
+
+    return p;
+}
+
+
+/* {"<name>": [row, ...]} */
+
+static ngx_int_t
+ngx_http_llmsafespace_send_list(ngx_http_request_t *r, PGresult *res,
+    const char *name, json_t *(*row)(PGresult *res, int i))
+{
+    int      i;
+    json_t  *list;
+
+    list = json_array();
+    if (list == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    for (i = 0; i < PQntuples(res); i++) {
+        if (json_array_append_new(list, row(res, i)) != 0) {
+            json_decref(list);
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
+    return ngx_http_llmsafespace_send_object(r, NGX_HTTP_OK,
+                                         json_pack("{s:o}", name, list));
 }
 
 
