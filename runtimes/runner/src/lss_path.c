@@ -137,6 +137,38 @@ lss_path_clean(const char *raw, int decode, char *out, size_t outlen)
  * "..", so the walk cannot climb; a symlink anywhere fails with ELOOP.
  */
 static int
+lss_openat_nofollow(int dirfd, const char *name, int flags, mode_t mode)
+{
+    int          fd;
+    struct stat  opened, named;
+
+    fd = openat(dirfd, name, flags | O_CLOEXEC | O_NOFOLLOW, mode);
+    if (fd < 0) {
+        return -1;
+    }
+
+    /*
+     * runsc 20221219 follows a symlink opened with O_DIRECTORY despite
+     * O_NOFOLLOW.  So the object opened must be the one the name holds
+     * now, itself no link: a link swapped in and out around the open
+     * would leave a different inode (directories cannot be hard-linked,
+     * and a hard-linked file is refused by the callers).
+     */
+    if (fstat(fd, &opened) != 0
+        || fstatat(dirfd, name, &named, AT_SYMLINK_NOFOLLOW) != 0
+        || S_ISLNK(named.st_mode)
+        || opened.st_dev != named.st_dev || opened.st_ino != named.st_ino)
+    {
+        close(fd);
+        errno = ELOOP;
+        return -1;
+    }
+
+    return fd;
+}
+
+
+static int
 lss_path_walk(const char *rel, int flags, mode_t mode)
 {
     int    fd, next, saved;
@@ -152,8 +184,7 @@ lss_path_walk(const char *rel, int flags, mode_t mode)
 
     while (fd >= 0 && (slash = strchr(comp, '/')) != NULL) {
         *slash = '\0';
-        next = openat(fd, comp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW
-                                | O_CLOEXEC);
+        next = lss_openat_nofollow(fd, comp, O_RDONLY | O_DIRECTORY, 0);
         saved = errno;
         close(fd);
         errno = saved;
@@ -162,7 +193,7 @@ lss_path_walk(const char *rel, int flags, mode_t mode)
     }
 
     if (fd >= 0) {
-        next = openat(fd, comp, flags | O_CLOEXEC | O_NOFOLLOW, mode);
+        next = lss_openat_nofollow(fd, comp, flags, mode);
         saved = errno;
         close(fd);
         errno = saved;
@@ -174,30 +205,60 @@ lss_path_walk(const char *rel, int flags, mode_t mode)
 }
 
 
+static int
+lss_openat2(const char *rel, int flags, mode_t mode)
+{
+    struct open_how  how;
+
+    memset(&how, 0, sizeof(how));
+    how.flags = (uint64_t) (flags | O_CLOEXEC | O_NOFOLLOW);
+    how.mode = (flags & O_CREAT) ? mode : 0;
+    how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS
+                  | RESOLVE_NO_MAGICLINKS;
+
+    return (int) syscall(SYS_openat2, lss_conf.workspace_fd, rel, &how,
+                         sizeof(how));
+}
+
+
+/*
+ * Whether openat2 works here is found by opening the workspace itself
+ * with it, which must succeed wherever openat2 is real.  ENOSYS alone is
+ * not enough: runsc 20221219 with --oci-seccomp answers EPERM (its
+ * filter does not know the syscall), which would refuse every file
+ * operation.  Any failure of the probe selects the walk.
+ */
+static int
+lss_openat2_usable(void)
+{
+    int  fd;
+
+    if (getenv("LLMSAFESPACE_RUNNER_NO_OPENAT2") != NULL) {
+        return 0;
+    }
+
+    fd = lss_openat2(".", O_RDONLY | O_DIRECTORY, 0);
+    if (fd < 0) {
+        return 0;
+    }
+    close(fd);
+
+    return 1;
+}
+
+
 int
 lss_path_open(const char *rel, int flags, mode_t mode)
 {
-    int              fd;
-    struct open_how  how;
-    static int       no_openat2 = -1;
+    static int  usable = -1;
 
-    if (no_openat2 < 0) {
-        no_openat2 = getenv("LLMSAFESPACE_RUNNER_NO_OPENAT2") != NULL;
+    /* a race between first callers only computes the same answer twice */
+    if (usable < 0) {
+        usable = lss_openat2_usable();
     }
 
-    if (!no_openat2) {
-        memset(&how, 0, sizeof(how));
-        how.flags = (uint64_t) (flags | O_CLOEXEC | O_NOFOLLOW);
-        how.mode = (flags & O_CREAT) ? mode : 0;
-        how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS
-                      | RESOLVE_NO_MAGICLINKS;
-
-        fd = (int) syscall(SYS_openat2, lss_conf.workspace_fd, rel, &how,
-                           sizeof(how));
-        if (fd >= 0 || errno != ENOSYS) {
-            return fd;
-        }
-        no_openat2 = 1;
+    if (usable) {
+        return lss_openat2(rel, flags, mode);
     }
 
     return lss_path_walk(rel, flags, (flags & O_CREAT) ? mode : 0);
