@@ -112,6 +112,7 @@ lss_confine(json_t *req, int *fds)
     lim = json_object_get(req, "limits");
     if (lss_rlimit(RLIMIT_CPU, lim, "cpu") != 0
         || lss_rlimit(RLIMIT_DATA, lim, "data") != 0
+        || lss_rlimit(RLIMIT_AS, lim, "as") != 0
         || lss_rlimit(RLIMIT_NOFILE, lim, "nofile") != 0
         || lss_rlimit(RLIMIT_NPROC, lim, "nproc") != 0
         || lss_rlimit(RLIMIT_FSIZE, lim, "fsize") != 0
@@ -161,10 +162,37 @@ lss_confine(json_t *req, int *fds)
 }
 
 
+/* the address space mapped now, in bytes (0 when unknown) */
+static rlim_t
+lss_vm_size(void)
+{
+    int            fd;
+    char           buf[64];
+    ssize_t        n;
+    unsigned long  pages;
+
+    fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        return 0;
+    }
+    n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0) {
+        return 0;
+    }
+    buf[n] = '\0';
+
+    pages = strtoul(buf, NULL, 10);
+
+    return (rlim_t) pages * (rlim_t) sysconf(_SC_PAGESIZE);
+}
+
+
 static int
 lss_rlimit(int res, json_t *lim, const char *key)
 {
     json_t         *v;
+    rlim_t          vm;
     struct rlimit   rl;
 
     if (lim == NULL) {
@@ -184,6 +212,19 @@ lss_rlimit(int res, json_t *lim, const char *key)
     if (res == RLIMIT_CPU) {
         /* SIGXCPU first, then SIGKILL a second later */
         rl.rlim_max = rl.rlim_cur + 1;
+    }
+
+    if (res == RLIMIT_AS) {
+        /*
+         * The limit is on new memory: a worker forked from a zygote with
+         * big preloads already maps more than --mem-limit, and must still
+         * be able to run.
+         */
+        vm = lss_vm_size();
+        if (vm + (64 << 20) > rl.rlim_cur) {
+            rl.rlim_cur = vm + (64 << 20);
+            rl.rlim_max = rl.rlim_cur;
+        }
     }
 
     return setrlimit(res, &rl);

@@ -15,8 +15,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 
 lss_conf_t  lss_conf;
 
@@ -179,6 +182,45 @@ lss_default_zygote(void)
     }
 
     return path;
+}
+
+
+/*
+ * Whether RLIMIT_DATA is enforced here: a child limits itself to 16 MiB
+ * and maps 256 MiB of private memory (counted as data since Linux 4.7,
+ * never touched).  gVisor 20221219 lets it through, and a memory bomb
+ * there takes the whole sandbox down; executions then get RLIMIT_AS too.
+ */
+static int
+lss_data_limit_ignored(void)
+{
+    int            st;
+    void          *p;
+    pid_t          pid;
+    struct rlimit  rl;
+
+    pid = fork();
+    if (pid == 0) {
+        rl.rlim_cur = 16 << 20;
+        rl.rlim_max = 16 << 20;
+        if (setrlimit(RLIMIT_DATA, &rl) != 0) {
+            _exit(2);
+        }
+        p = mmap(NULL, 256 << 20, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        _exit(p == MAP_FAILED ? 0 : 1);
+    }
+    if (pid < 0) {
+        return 0;
+    }
+
+    while (waitpid(pid, &st, 0) < 0) {
+        if (errno != EINTR) {
+            return 0;
+        }
+    }
+
+    return WIFEXITED(st) && WEXITSTATUS(st) == 1;
 }
 
 
@@ -386,6 +428,12 @@ main(int argc, char **argv)
     }
 
     lss_conf.fs_helper = lss_fsh_wanted();
+
+    lss_conf.data_ignored = lss_data_limit_ignored();
+    if (lss_conf.data_ignored) {
+        lss_log("RLIMIT_DATA is not enforced here: executions get "
+                "RLIMIT_AS as well");
+    }
 
     umask(022);
     signal(SIGPIPE, SIG_IGN);

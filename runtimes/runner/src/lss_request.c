@@ -320,6 +320,11 @@ lss_exec_zygote_request(lss_exec_t *ex, int context)
         json_object_set_new(lim, "cpu", json_integer(ex->timeout + 1));
     }
     json_object_set_new(lim, "data", json_integer(lss_conf.mem_limit));
+
+    /* V8 reserves far more address space than it uses: not for node */
+    if (lss_conf.data_ignored && ex->kind != LSS_EXEC_CODE_JAVASCRIPT) {
+        json_object_set_new(lim, "as", json_integer(lss_conf.mem_limit));
+    }
     json_object_set_new(lim, "nofile", json_integer(lss_conf.nofile_limit));
     json_object_set_new(lim, "nproc", json_integer(lss_conf.nproc_limit));
     json_object_set_new(lim, "fsize", json_integer(lss_conf.fsize_limit));

@@ -52,6 +52,7 @@ typedef struct {
     int          nofile_limit;
     int          node_spare;
     int          fs_helper;    /* file operations through the helper */
+    int          data_ignored; /* RLIMIT_DATA not enforced: add AS */
 
     /* runtime state */
     char        *token;
