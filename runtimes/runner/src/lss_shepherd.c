@@ -37,6 +37,7 @@
 static int lss_kill_descendants(void);
 static void lss_kill_orphans(uid_t uid);
 static void lss_kill_uid(uid_t uid);
+static void lss_kill_group(pid_t pgid);
 
 int    lss_no_subreaper;
 pid_t  lss_runner_pid;
@@ -276,6 +277,7 @@ lss_shepherd_spawn(int *sock, int python, int close1, int close2)
     }
 
     /* whatever the worker left behind dies with it */
+    lss_kill_group(pid);
     lss_kill_descendants();
     if (lss_no_subreaper && uid != 0) {
         lss_kill_orphans(uid);
@@ -457,6 +459,37 @@ lss_kill_descendants(void)
     free(mark);
 
     return 0;
+}
+
+
+/*
+ * The worker made itself a session and process group leader, and what
+ * it forks stays in that group unless it leaves it: kill(-pgid) reaches
+ * the whole group at once, which a fork bomb cannot outrun the way it
+ * outruns a /proc walk (the only way without a subreaper, where its
+ * orphans leave our tree).  The group's id stays taken, and so cannot
+ * name anybody else, while one member is left, zombies included; those
+ * are reaped here (ours) or by the runner (orphans), so the loop ends on
+ * ESRCH, bounded at about three seconds.  Members that left the group
+ * are found by the walks that follow.
+ */
+static void
+lss_kill_group(pid_t pgid)
+{
+    int              round;
+    struct timespec  ts;
+
+    for (round = 0; round < 3000; round++) {
+        if (kill(-pgid, SIGKILL) != 0) {
+            return;
+        }
+        while (waitpid(-1, NULL, WNOHANG) > 0) {
+            /* reap */
+        }
+        ts.tv_sec = 0;
+        ts.tv_nsec = 1000000;
+        nanosleep(&ts, NULL);
+    }
 }
 
 
