@@ -53,15 +53,10 @@ my @secrets;
 
 sub db_user {
     my ($name, $role) = @_;
-    my $id = 'usr-' . LSS::Test::random_string(16, ['0' .. '9', 'a' .. 'z']);
-    my $k = $t->make_key();
+    my $id = $t->create_user(name => $name, role => $role);
+    my $k = $t->create_key($id);
 
     $dbh = $t->dbh();
-    $dbh->do('INSERT INTO users (id, name, role) VALUES (?, ?, ?)',
-        undef, $id, $name, $role);
-    $dbh->do('INSERT INTO api_keys (id, user_id, secret_hash, name) '
-        . 'VALUES (?, ?, ?, ?)', undef, $k->{id}, $id, $k->{hash}, 'test');
-
     push @secrets, $k->{secret};
     return { %$k, user_id => $id, name => $name };
 }

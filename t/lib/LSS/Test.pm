@@ -898,8 +898,8 @@ sub create_user {
     my $role = $opts{role} // 'user';
 
     my ($id) = $self->dbh()->selectrow_array(
-        'INSERT INTO users (name, role) VALUES (?, ?) RETURNING id',
-        undef, $name, $role);
+        'INSERT INTO users (id, name, role) VALUES (?, ?, ?) RETURNING id',
+        undef, 'usr-' . random_string(16, \@LOWER), $name, $role);
 
     return $id;
 }
@@ -911,7 +911,7 @@ sub create_key {
     my $k = $self->make_key();
 
     $self->dbh()->do(
-        'INSERT INTO api_keys (key_id, secret_hash, user_id) '
+        'INSERT INTO api_keys (id, secret_hash, user_id) '
         . 'VALUES (?, ?, ?)', undef, $k->{id}, $k->{hash}, $user_id);
 
     $k->{user_id} = $user_id;
@@ -921,7 +921,7 @@ sub create_key {
 sub revoke_key {
     my ($self, $k) = @_;
     $self->dbh()->do('UPDATE api_keys SET revoked_at = now() '
-        . 'WHERE key_id = ?', undef, $k->{id});
+        . 'WHERE id = ?', undef, $k->{id});
 }
 
 # write_keys_file(name, [ {user_id, user_name, role}, ... ]): writes the
