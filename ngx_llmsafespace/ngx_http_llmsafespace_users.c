@@ -31,6 +31,9 @@ static ngx_uint_t ngx_http_llmsafespace_have_pg(ngx_http_request_t *r);
 static ngx_int_t ngx_http_llmsafespace_no_pg(ngx_http_request_t *r);
 static u_char *ngx_http_llmsafespace_cstr(ngx_http_request_t *r,
     u_char *data, size_t len);
+static ngx_int_t ngx_http_llmsafespace_query_id(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id, const char *sql,
+    ngx_http_llmsafespace_query_done_pt done);
 static ngx_int_t ngx_http_llmsafespace_send_list(ngx_http_request_t *r,
     PGresult *res, const char *name, json_t *(*row)(PGresult *res, int i));
 static ngx_int_t ngx_http_llmsafespace_page(ngx_http_request_t *r,
@@ -108,7 +111,7 @@ ngx_int_t
 ngx_http_llmsafespace_user_get(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id)
 {
-    json_t     *json;
+    json_t  *json;
 
     json = json_pack("{s:s%, s:s%, s:s, s:s%}",
                      "id", ctx->identity.user_id.data,
@@ -287,7 +290,7 @@ static ngx_int_t
 ngx_http_llmsafespace_apikeys_revoked(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, PGresult *res)
 {
-    json_t     *json;
+    json_t  *json;
 
     if (PQntuples(res) != 1) {
         return ngx_http_llmsafespace_send_error(r, NGX_HTTP_NOT_FOUND,
@@ -474,7 +477,7 @@ static ngx_int_t
 ngx_http_llmsafespace_users_created(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, PGresult *res)
 {
-    json_t     *json;
+    json_t  *json;
 
     if (PQntuples(res) != 1) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -488,6 +491,7 @@ ngx_http_llmsafespace_users_created(ngx_http_request_t *r,
                      "key", ctx->new_key->key,
                      (size_t) NGX_HTTP_LLMSAFESPACE_KEY_LEN,
                      "createdAt", ngx_http_llmsafespace_value(res, 0, 6));
+
     return ngx_http_llmsafespace_send_object(r, NGX_HTTP_CREATED, json);
 }
 
@@ -496,25 +500,9 @@ ngx_int_t
 ngx_http_llmsafespace_users_get(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id)
 {
-    u_char      *user;
-    const char  *values[1];
-
-    if (!ngx_http_llmsafespace_have_pg(r)) {
-        return ngx_http_llmsafespace_no_pg(r);
-    }
-
-    ctx->audit_object = *id;
-
-    user = ngx_http_llmsafespace_cstr(r, id->data, id->len);
-    if (user == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-    values[0] = (const char *) user;
-
-    return ngx_http_llmsafespace_api_query(r, ctx,
-                                     ngx_http_llmsafespace_users_get_sql, 1,
-                                     values,
-                                     ngx_http_llmsafespace_users_got);
+    return ngx_http_llmsafespace_query_id(r, ctx, id,
+                                          ngx_http_llmsafespace_users_get_sql,
+                                          ngx_http_llmsafespace_users_got);
 }
 
 
@@ -522,7 +510,7 @@ static ngx_int_t
 ngx_http_llmsafespace_users_got(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, PGresult *res)
 {
-    json_t     *json;
+    json_t  *json;
 
     if (PQntuples(res) != 1) {
         return ngx_http_llmsafespace_send_error(r, NGX_HTTP_NOT_FOUND,
@@ -540,34 +528,20 @@ ngx_int_t
 ngx_http_llmsafespace_users_delete(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id)
 {
-    u_char      *user;
-    const char  *values[1];
-
-    if (!ngx_http_llmsafespace_have_pg(r)) {
-        return ngx_http_llmsafespace_no_pg(r);
-    }
-
-    ctx->audit_object = *id;
-
     if (id->len == ctx->identity.user_id.len
         && ngx_strncmp(id->data, ctx->identity.user_id.data, id->len) == 0)
     {
+        ctx->audit_object = *id;
+
         return ngx_http_llmsafespace_send_error(r, NGX_HTTP_CONFLICT,
                                                 "conflict",
                                                 "an admin cannot delete "
                                                 "their own user");
     }
 
-    user = ngx_http_llmsafespace_cstr(r, id->data, id->len);
-    if (user == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-    values[0] = (const char *) user;
-
-    return ngx_http_llmsafespace_api_query(r, ctx,
-                                   ngx_http_llmsafespace_users_delete_sql, 1,
-                                   values,
-                                   ngx_http_llmsafespace_users_deleted);
+    return ngx_http_llmsafespace_query_id(r, ctx, id,
+                                       ngx_http_llmsafespace_users_delete_sql,
+                                       ngx_http_llmsafespace_users_deleted);
 }
 
 
@@ -643,6 +617,33 @@ ngx_http_llmsafespace_cstr(ngx_http_request_t *r, u_char *data, size_t len)
     *ngx_cpymem(p, data, len) = '\0';
 
     return p;
+}
+
+
+/* a route on one object: the id is its only query parameter */
+
+static ngx_int_t
+ngx_http_llmsafespace_query_id(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id, const char *sql,
+    ngx_http_llmsafespace_query_done_pt done)
+{
+    u_char      *p;
+    const char  *values[1];
+
+    if (!ngx_http_llmsafespace_have_pg(r)) {
+        return ngx_http_llmsafespace_no_pg(r);
+    }
+
+    ctx->audit_object = *id;
+
+    p = ngx_http_llmsafespace_cstr(r, id->data, id->len);
+    if (p == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    values[0] = (const char *) p;
+
+    return ngx_http_llmsafespace_api_query(r, ctx, sql, 1, values, done);
 }
 
 
