@@ -85,6 +85,10 @@ static void ngx_http_llmsafespace_ignore_result(void *data, PGresult *res,
 static ngx_int_t ngx_http_llmsafespace_cache_init_zone(
     ngx_shm_zone_t *shm_zone, void *data);
 static void ngx_http_llmsafespace_revoke_poll(ngx_event_t *ev);
+static void ngx_http_llmsafespace_revoke_start(void *data,
+    redisReply *reply, ngx_int_t rc);
+static void ngx_http_llmsafespace_revoke_apply(redisReply *entries,
+    ngx_uint_t newest_first);
 static void ngx_http_llmsafespace_revoke_read(void *data, redisReply *reply,
     ngx_int_t rc);
 static void ngx_http_llmsafespace_ignore_reply(void *data,
@@ -484,8 +488,6 @@ ngx_int_t
 ngx_http_llmsafespace_auth_init_process(ngx_cycle_t *cycle,
     ngx_http_llmsafespace_main_conf_t *lmcf)
 {
-    uint64_t  ms;
-
     ngx_http_llmsafespace_auth_conf = lmcf;
     ngx_http_llmsafespace_cache_zone = lmcf->key_cache;
 
@@ -493,10 +495,15 @@ ngx_http_llmsafespace_auth_init_process(ngx_cycle_t *cycle,
         return NGX_OK;
     }
 
-    /* revocations older than this worker are already in the cache state */
+    /*
+     * Where to start reading revocations is asked of Redis, not derived
+     * from this host's clock: stream ids carry Redis' time, and a clock
+     * ahead of it would skip revocations.  The newest entries found then
+     * are applied too (forgetting a valid key only costs a lookup), so
+     * nothing revoked while this worker started is missed.
+     */
 
-    ms = (uint64_t) ngx_time() * 1000;
-    ngx_sprintf(ngx_http_llmsafespace_revoke_last, "%uL-0%Z", ms);
+    ngx_http_llmsafespace_revoke_last[0] = '\0';
 
     ngx_http_llmsafespace_revoke_ev.handler =
                                           ngx_http_llmsafespace_revoke_poll;
@@ -1201,6 +1208,33 @@ ngx_http_llmsafespace_revoke_poll(ngx_event_t *ev)
         return;
     }
 
+    if (ngx_http_llmsafespace_revoke_last[0] == '\0') {
+        argv[0] = "XREVRANGE";
+        argv[1] = NGX_HTTP_LLMSAFESPACE_REVOKED_STREAM;
+        argv[2] = "+";
+        argv[3] = "-";
+        argv[4] = "COUNT";
+        argv[5] = "256";
+
+        argvlen[0] = 9;
+        argvlen[1] = sizeof(NGX_HTTP_LLMSAFESPACE_REVOKED_STREAM) - 1;
+        argvlen[2] = 1;
+        argvlen[3] = 1;
+        argvlen[4] = 5;
+        argvlen[5] = 3;
+
+        ngx_http_llmsafespace_revoke_cmd =
+            ngx_http_llmsafespace_redis_command(6, argv, argvlen,
+                                         ngx_http_llmsafespace_revoke_start,
+                                         NULL);
+
+        if (ngx_http_llmsafespace_revoke_cmd == NULL) {
+            ngx_add_timer(ev, NGX_HTTP_LLMSAFESPACE_REVOKE_POLL);
+        }
+
+        return;
+    }
+
     argv[0] = "XREAD";
     argv[1] = "COUNT";
     argv[2] = "256";
@@ -1226,16 +1260,38 @@ ngx_http_llmsafespace_revoke_poll(ngx_event_t *ev)
 }
 
 
-/* XREAD reply: [[stream, [[id, [field, value, ...]], ...]]] */
+/* XREVRANGE reply: [[id, [field, value, ...]], ...], newest first */
+
+static void
+ngx_http_llmsafespace_revoke_start(void *data, redisReply *reply,
+    ngx_int_t rc)
+{
+    ngx_http_llmsafespace_revoke_cmd = NULL;
+
+    if (rc == NGX_OK && reply->type == REDIS_REPLY_ARRAY) {
+
+        if (reply->elements == 0) {
+            ngx_cpystrn(ngx_http_llmsafespace_revoke_last, (u_char *) "0-0",
+                        sizeof("0-0"));
+
+        } else {
+            ngx_http_llmsafespace_revoke_apply(reply, 1);
+        }
+    }
+
+    if (!ngx_exiting && !ngx_quit && !ngx_terminate) {
+        ngx_add_timer(&ngx_http_llmsafespace_revoke_ev,
+                      NGX_HTTP_LLMSAFESPACE_REVOKE_POLL);
+    }
+}
+
+
+/* XREAD reply: [[stream, [[id, [field, value, ...]], ...]]], oldest first */
 
 static void
 ngx_http_llmsafespace_revoke_read(void *data, redisReply *reply,
     ngx_int_t rc)
 {
-    size_t       i, j;
-    ngx_str_t    key_id;
-    redisReply  *entries, *entry, *fields;
-
     ngx_http_llmsafespace_revoke_cmd = NULL;
 
     if (rc == NGX_OK && reply->type == REDIS_REPLY_ARRAY
@@ -1244,45 +1300,67 @@ ngx_http_llmsafespace_revoke_read(void *data, redisReply *reply,
         && reply->element[0]->elements == 2
         && reply->element[0]->element[1]->type == REDIS_REPLY_ARRAY)
     {
-        entries = reply->element[0]->element[1];
-
-        for (i = 0; i < entries->elements; i++) {
-            entry = entries->element[i];
-
-            if (entry->type != REDIS_REPLY_ARRAY || entry->elements != 2
-                || entry->element[0]->type != REDIS_REPLY_STRING
-                || entry->element[1]->type != REDIS_REPLY_ARRAY)
-            {
-                continue;
-            }
-
-            if (entry->element[0]->len
-                < sizeof(ngx_http_llmsafespace_revoke_last))
-            {
-                ngx_memcpy(ngx_http_llmsafespace_revoke_last,
-                           entry->element[0]->str, entry->element[0]->len);
-                ngx_http_llmsafespace_revoke_last[entry->element[0]->len] =
-                                                                        '\0';
-            }
-
-            fields = entry->element[1];
-
-            for (j = 0; j + 1 < fields->elements; j += 2) {
-                if (fields->element[j + 1]->type != REDIS_REPLY_STRING) {
-                    continue;
-                }
-
-                key_id.data = (u_char *) fields->element[j + 1]->str;
-                key_id.len = fields->element[j + 1]->len;
-
-                ngx_http_llmsafespace_key_forget(&key_id);
-            }
-        }
+        ngx_http_llmsafespace_revoke_apply(reply->element[0]->element[1], 0);
     }
 
     if (!ngx_exiting && !ngx_quit && !ngx_terminate) {
         ngx_add_timer(&ngx_http_llmsafespace_revoke_ev,
                       NGX_HTTP_LLMSAFESPACE_REVOKE_POLL);
+    }
+}
+
+
+/*
+ * Forgets every key id named in stream entries and remembers the newest
+ * entry's id as where reading goes on.  The entries are Redis' replies:
+ * checked for shape, their lengths never trusted.
+ */
+
+static void
+ngx_http_llmsafespace_revoke_apply(redisReply *entries,
+    ngx_uint_t newest_first)
+{
+    size_t       i, j, newest;
+    ngx_str_t    key_id;
+    redisReply  *entry, *fields, *id;
+
+    if (entries->elements == 0) {
+        return;
+    }
+
+    newest = newest_first ? 0 : entries->elements - 1;
+
+    for (i = 0; i < entries->elements; i++) {
+        entry = entries->element[i];
+
+        if (entry->type != REDIS_REPLY_ARRAY || entry->elements != 2
+            || entry->element[0]->type != REDIS_REPLY_STRING
+            || entry->element[1]->type != REDIS_REPLY_ARRAY)
+        {
+            continue;
+        }
+
+        id = entry->element[0];
+
+        if (i == newest && id->len > 0
+            && id->len < sizeof(ngx_http_llmsafespace_revoke_last))
+        {
+            ngx_memcpy(ngx_http_llmsafespace_revoke_last, id->str, id->len);
+            ngx_http_llmsafespace_revoke_last[id->len] = '\0';
+        }
+
+        fields = entry->element[1];
+
+        for (j = 0; j + 1 < fields->elements; j += 2) {
+            if (fields->element[j + 1]->type != REDIS_REPLY_STRING) {
+                continue;
+            }
+
+            key_id.data = (u_char *) fields->element[j + 1]->str;
+            key_id.len = fields->element[j + 1]->len;
+
+            ngx_http_llmsafespace_key_forget(&key_id);
+        }
     }
 }
 
