@@ -645,6 +645,9 @@ ngx_http_llmsafespace_parse_key(ngx_http_request_t *r, ngx_str_t *key_id,
         }
 
     } else if (r->headers_in.upgrade
+               && r->headers_in.upgrade->value.len == 9
+               && ngx_strncasecmp(r->headers_in.upgrade->value.data,
+                                  (u_char *) "websocket", 9) == 0
                && ngx_http_arg(r, (u_char *) "token", 5, &token) == NGX_OK)
     {
         key = token;

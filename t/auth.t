@@ -116,6 +116,9 @@ is_error(api('GET', "/user?token=$alice->{key}"), 401, 'unauthorized',
 $r = api('GET', "/user?token=$alice->{key}",
     undef, headers => { Upgrade => 'websocket', Connection => 'Upgrade' });
 is($r->{status}, 200, 'token in the query of an upgrade');
+is_error(api('GET', "/user?token=$alice->{key}", undef,
+        headers => { Upgrade => 'h2c', Connection => 'Upgrade' }),
+    401, 'unauthorized', 'token in the query of a non-WebSocket upgrade');
 
 ###############################################################################
 # users and keys through the API
