@@ -138,6 +138,8 @@ typedef struct lsc_ctx_s {
     int              max_creates_per_tick;
     int              max_attempts;
     int64_t          uid_base;
+    int64_t          socket_gid;     /* -1: runner sockets as made */
+    int              terminate_all;
 
     /* state */
     redisContext    *redis;
@@ -222,6 +224,7 @@ int lsc_reconcile(lsc_ctx_t *ctx);
 int lsc_ready_pass(lsc_ctx_t *ctx);
 int lsc_terminate(lsc_ctx_t *ctx, lsc_sandbox_t *sb, const char *final,
     const char *reason, const char *message);
+int lsc_terminate_all(lsc_ctx_t *ctx);
 
 /* lsc_bundle.c */
 int lsc_bundle_write(lsc_ctx_t *ctx, lsc_sandbox_t *sb, json_t *rt,
@@ -230,5 +233,6 @@ int lsc_bundle_write(lsc_ctx_t *ctx, lsc_sandbox_t *sb, json_t *rt,
 
 /* lsc_local.c */
 extern const lsc_driver_t lsc_local_driver;
+int lsc_local_prepare(lsc_ctx_t *ctx);
 
 #endif /* LSC_H */

@@ -507,6 +507,32 @@ lsc_discard(void *p, size_t size, size_t n, void *data)
  * directory only the host writes; the link keeps naming the runner's
  * socket whatever the sandbox later does in its run dir.
  */
+/*
+ * --socket-group: the gateway's workers need not run as root.  The pinned
+ * link (not the run dir, which the sandbox's root owns) gets the group
+ * and mode 0660: the path is in <state>/routes, which only the host
+ * writes, and was checked to be a socket, so nothing can have put another
+ * file there.  The inode is the runner's socket: its owner, the sandbox's
+ * root, could drop the group's bits again, which only locks itself out.
+ */
+static int
+lsc_local_share(lsc_ctx_t *ctx, int dfd, const char *name)
+{
+    if (ctx->socket_gid < 0) {
+        return 0;
+    }
+    if (fchownat(dfd, name, (uid_t) -1, (gid_t) ctx->socket_gid,
+                 AT_SYMLINK_NOFOLLOW) != 0
+        || fchmodat(dfd, name, 0660, 0) != 0)
+    {
+        lsc_log("error", "%s: cannot give the socket its group: %s", name,
+                strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+
 static int
 lsc_local_pin(lsc_ctx_t *ctx, const char *id, const char *pin)
 {
@@ -516,7 +542,7 @@ lsc_local_pin(lsc_ctx_t *ctx, const char *id, const char *pin)
 
     if (lstat(pin, &st) == 0) {
         if (S_ISSOCK(st.st_mode)) {
-            return 0;
+            return lsc_local_share(ctx, AT_FDCWD, pin);
         }
         unlink(pin);
         return -1;
@@ -534,7 +560,7 @@ lsc_local_pin(lsc_ctx_t *ctx, const char *id, const char *pin)
     {
         /* swapped between the check and the link: not a socket now */
         if (lstat(pin, &st) == 0 && S_ISSOCK(st.st_mode)) {
-            rc = 0;
+            rc = lsc_local_share(ctx, AT_FDCWD, pin);
         } else {
             unlink(pin);
         }
@@ -686,6 +712,61 @@ lsc_local_artifacts(lsc_ctx_t *ctx, char ***ids, size_t *n)
     }
     snprintf(path, sizeof(path), "%s/sandboxes", ctx->state_dir);
     return lsc_scan(path, ids, n);
+}
+
+
+/*
+ * At start, under the lock: <state>/routes, the one directory the gateway
+ * reaches runners through, is root:GROUP 0750 with --socket-group (only
+ * the group may even look up a route's socket), else root 0711 as
+ * before.  Sockets pinned by an earlier run get the group now, so a
+ * restart with the option serves the sandboxes it adopts.
+ */
+int
+lsc_local_prepare(lsc_ctx_t *ctx)
+{
+    char            path[LSC_PATH_LEN + 16];
+    int             dfd, rc;
+    DIR            *d;
+    struct dirent  *e;
+    struct stat     st;
+
+    snprintf(path, sizeof(path), "%s/routes", ctx->state_dir);
+    dfd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (dfd == -1) {
+        lsc_log("error", "%s: %s", path, strerror(errno));
+        return -1;
+    }
+    if (fchown(dfd, 0, ctx->socket_gid < 0 ? 0 : (gid_t) ctx->socket_gid)
+        != 0
+        || fchmod(dfd, ctx->socket_gid < 0 ? 0711 : 0750) != 0)
+    {
+        lsc_log("error", "%s: %s", path, strerror(errno));
+        close(dfd);
+        return -1;
+    }
+    if (ctx->socket_gid < 0) {
+        close(dfd);
+        return 0;
+    }
+
+    d = fdopendir(dfd);
+    if (d == NULL) {
+        close(dfd);
+        return -1;
+    }
+    rc = 0;
+    while ((e = readdir(d)) != NULL) {
+        if (lsc_valid_id(e->d_name)
+            && fstatat(dfd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0
+            && S_ISSOCK(st.st_mode)
+            && lsc_local_share(ctx, dfd, e->d_name) != 0)
+        {
+            rc = -1;
+        }
+    }
+    closedir(d);
+    return rc;
 }
 
 

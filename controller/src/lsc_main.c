@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <grp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,7 +54,34 @@ lsc_usage(void)
         "  --tick-ms N          idle reconcile period (1000)\n"
         "  --ready-timeout-ms N runner readiness deadline (30000)\n"
         "  --max-creates N      containers started per tick (4)\n"
-        "  --uid-base N         first host uid of sandbox user ns\n");
+        "  --uid-base N         first host uid of sandbox user ns\n"
+        "  --socket-group GROUP runner sockets connectable by GROUP\n"
+        "  --terminate-all      terminate every sandbox, then exit\n");
+}
+
+
+/* a group name, or a number (a group need not have a name) */
+static int
+lsc_group_id(const char *s, int64_t *gid)
+{
+    struct group  *gr;
+    char          *end;
+    long long      n;
+
+    if (*s >= '0' && *s <= '9') {
+        n = strtoll(s, &end, 10);
+        if (*end != '\0' || n < 1 || n > 0x7fffffff) {
+            return -1;
+        }
+        *gid = n;
+        return 0;
+    }
+    gr = getgrnam(s);
+    if (gr == NULL) {
+        return -1;
+    }
+    *gid = gr->gr_gid;
+    return 0;
 }
 
 
@@ -76,6 +104,8 @@ lsc_options(lsc_ctx_t *ctx, int argc, char **argv)
         { "ready-timeout-ms", required_argument, NULL, 'T' },
         { "max-creates", required_argument, NULL, 'n' },
         { "uid-base", required_argument, NULL, 'u' },
+        { "socket-group", required_argument, NULL, 'g' },
+        { "terminate-all", no_argument, NULL, 'X' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 }
     };
@@ -98,6 +128,7 @@ lsc_options(lsc_ctx_t *ctx, int argc, char **argv)
     ctx->max_creates_per_tick = 4;
     ctx->max_attempts = 3;
     ctx->uid_base = 1 << 20;
+    ctx->socket_gid = -1;
 
     while ((c = getopt_long(argc, argv, "h", opts, &idx)) != -1) {
         switch (c) {
@@ -124,6 +155,14 @@ lsc_options(lsc_ctx_t *ctx, int argc, char **argv)
         case 'T': ctx->ready_timeout_ms = atoi(optarg); break;
         case 'n': ctx->max_creates_per_tick = atoi(optarg); break;
         case 'u': ctx->uid_base = atoll(optarg); break;
+        case 'g':
+            if (lsc_group_id(optarg, &ctx->socket_gid) != 0) {
+                fprintf(stderr, "controller: --socket-group: no group %s\n",
+                        optarg);
+                return -1;
+            }
+            break;
+        case 'X': ctx->terminate_all = 1; break;
         default:
             lsc_usage();
             return -1;
@@ -213,11 +252,12 @@ main(int argc, char **argv)
 {
     lsc_ctx_t         *ctx;
     struct sigaction   sa;
-    int                n, block;
+    int                n, block, status;
     int64_t            now, last;
 
     ctx = calloc(1, sizeof(lsc_ctx_t));
     if (ctx == NULL || lsc_options(ctx, argc, argv) != 0) {
+        free(ctx);
         return 2;
     }
     ctx->driver = &lsc_local_driver;
@@ -232,7 +272,9 @@ main(int argc, char **argv)
     setvbuf(stderr, NULL, _IOLBF, 0);
     umask(022);
 
-    if (lsc_mkdirs(ctx) != 0 || lsc_lock(ctx) != 0) {
+    if (lsc_mkdirs(ctx) != 0 || lsc_lock(ctx) != 0
+        || lsc_local_prepare(ctx) != 0)
+    {
         return 1;
     }
     lsc_log("info", "started (pid %d, state %s)", (int) getpid(),
@@ -247,6 +289,15 @@ main(int argc, char **argv)
     /* PostgreSQL may come up after us: wait for it, interruptibly */
     while (!lsc_stop && lsc_pg_apply_schema(ctx) != 0) {
         sleep(1);
+    }
+
+    status = 0;
+    if (ctx->terminate_all) {
+        if (lsc_stop || lsc_terminate_all(ctx) != 0) {
+            status = 1;
+        }
+        /* one pass, no loop */
+        lsc_stop = 1;
     }
 
     /*
@@ -273,7 +324,12 @@ main(int argc, char **argv)
         }
     }
 
-    lsc_log("info", "stopping: sandboxes keep running");
+    if (ctx->terminate_all) {
+        lsc_log("info", "stopping: %s", status == 0
+                ? "every sandbox terminated" : "some sandboxes remain");
+    } else {
+        lsc_log("info", "stopping: sandboxes keep running");
+    }
     if (ctx->redis != NULL) {
         redisFree(ctx->redis);
     }
@@ -291,5 +347,5 @@ main(int argc, char **argv)
     free(ctx->sb);
     close(ctx->lock_fd);
     free(ctx);
-    return 0;
+    return status;
 }

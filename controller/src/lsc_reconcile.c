@@ -425,3 +425,75 @@ lsc_reconcile(lsc_ctx_t *ctx)
 
     return lsc_pools_reconcile(ctx);
 }
+
+
+/*
+ * --terminate-all: for a stack stopped as a whole (make stop), so that no
+ * sandbox outlives the gateway that served it.  Every live record, warm
+ * or claimed, goes the usual way (route first, then the container, then
+ * Terminated/Shutdown); then whatever is left under this controller's
+ * roots, which no live record names any more.  Pools refill at the next
+ * start.  Returns -1 if anything is still there.
+ */
+int
+lsc_terminate_all(lsc_ctx_t *ctx)
+{
+    lsc_container_t  *cs;
+    size_t            nc, i, nids;
+    char            **ids;
+    int               failed, round;
+
+    /* a load is capped at LSC_MAX_SANDBOXES records: until none is left */
+    for (round = 0; round < 64; round++) {
+        if (lsc_pg_load_sandboxes(ctx) != 0) {
+            return -1;
+        }
+        if (ctx->nsb == 0) {
+            break;
+        }
+        failed = 0;
+        for (i = 0; i < ctx->nsb; i++) {
+            if (lsc_terminate(ctx, &ctx->sb[i], "Terminated", "Shutdown",
+                              "every sandbox was terminated "
+                              "(llmsafespace-controller --terminate-all)")
+                != 0)
+            {
+                failed++;
+            }
+        }
+        if (failed) {
+            lsc_log("error", "%d sandboxes could not be terminated",
+                    failed);
+            return -1;
+        }
+    }
+    if (ctx->nsb != 0) {
+        return -1;
+    }
+
+    /* no live record: everything under our roots is an orphan now */
+    if (ctx->driver->list(ctx, &cs, &nc) != 0) {
+        return -1;
+    }
+    lsc_orphans(ctx, cs, nc);
+    free(cs);
+
+    /* what is still there could not be removed */
+    if (ctx->driver->list(ctx, &cs, &nc) != 0) {
+        return -1;
+    }
+    free(cs);
+    if (ctx->driver->artifacts(ctx, &ids, &nids) != 0) {
+        return -1;
+    }
+    for (i = 0; i < nids; i++) {
+        free(ids[i]);
+    }
+    free(ids);
+    if (nc + nids != 0) {
+        lsc_log("error", "%zu containers and %zu artifacts remain", nc,
+                nids);
+        return -1;
+    }
+    return 0;
+}
