@@ -32,6 +32,7 @@
 #define NGX_HTTP_LLMSAFESPACE_HANDLER_API     1
 #define NGX_HTTP_LLMSAFESPACE_HANDLER_HEALTH  2
 #define NGX_HTTP_LLMSAFESPACE_HANDLER_METRICS 3
+#define NGX_HTTP_LLMSAFESPACE_HANDLER_RUNNER  4
 
 #define NGX_HTTP_LLMSAFESPACE_ROLE_USER       0
 #define NGX_HTTP_LLMSAFESPACE_ROLE_ADMIN      1
@@ -99,6 +100,14 @@ typedef struct {
 
     ngx_uint_t                      audit_buffer; /* records held while PG
                                                      is down */
+
+    /* catalog (ngx_http_llmsafespace_catalog.c): borrowed by workers */
+    json_t                         *runtimes;     /* index.json "runtimes" */
+    json_t                         *profiles;     /* array of profiles */
+
+    /* sandboxes (ngx_http_llmsafespace_sandbox.c) */
+    ngx_str_t                       claim_script; /* claim.lua, as loaded */
+    ngx_uint_t                      sandbox_quota;
 } ngx_http_llmsafespace_main_conf_t;
 
 
@@ -106,7 +115,9 @@ typedef struct {
     ngx_uint_t                      handler;
     ngx_flag_t                      auth;
     ngx_flag_t                      json_errors;
-    size_t                          max_body_size;
+    size_t                          max_body_size; /* JSON bodies */
+    ngx_str_t                       runner_location; /* "@name" */
+    unsigned                        runner:1;      /* llmsafespace_runner */
     ngx_http_llmsafespace_limit_zone_t
                                    *limit[NGX_HTTP_LLMSAFESPACE_CLASS_N];
     ngx_uint_t                      limit_set;    /* limit[] given here */
@@ -118,6 +129,11 @@ typedef struct ngx_http_llmsafespace_ctx_s  ngx_http_llmsafespace_ctx_t;
 /* answers a request once its query returned rows or a command status */
 typedef ngx_int_t (*ngx_http_llmsafespace_query_done_pt)(
     ngx_http_request_t *r, ngx_http_llmsafespace_ctx_t *ctx, PGresult *res);
+
+/* the same for a Redis reply (never an error reply) */
+typedef ngx_int_t (*ngx_http_llmsafespace_redis_done_pt)(
+    ngx_http_request_t *r, ngx_http_llmsafespace_ctx_t *ctx,
+    redisReply *reply);
 
 struct ngx_http_llmsafespace_ctx_s {
     ngx_http_request_t             *request;
@@ -163,6 +179,15 @@ struct ngx_http_llmsafespace_ctx_s {
     ngx_uint_t                      invalid_status;
     const char                     *invalid_field;
     ngx_http_llmsafespace_new_key_t *new_key;
+    ngx_http_llmsafespace_redis_done_pt  redis_done;
+
+    /* sandboxes: the create in progress, a bounded wait for readiness */
+    void                           *sandbox;
+    ngx_event_t                     wait_event;
+
+    /* the runner this request is proxied to ($llmsafespace_runner_*) */
+    ngx_str_t                       runner_url;
+    ngx_str_t                       runner_token;
 };
 
 

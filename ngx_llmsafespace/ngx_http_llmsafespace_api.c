@@ -19,6 +19,7 @@
 #define NGX_HTTP_LLMSAFESPACE_PREFIX      "/api/v1"
 #define NGX_HTTP_LLMSAFESPACE_SEGMENTS    5
 #define NGX_HTTP_LLMSAFESPACE_ID_MAX      64
+#define NGX_HTTP_LLMSAFESPACE_LIST_MAX    1000
 
 
 typedef struct {
@@ -46,6 +47,8 @@ static ngx_int_t ngx_http_llmsafespace_api_parse_body(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx);
 static void ngx_http_llmsafespace_api_query_done(void *data, PGresult *res,
     ngx_int_t rc);
+static void ngx_http_llmsafespace_api_redis_done(void *data,
+    redisReply *reply, ngx_int_t rc);
 
 
 static ngx_http_llmsafespace_route_t  ngx_http_llmsafespace_routes[] = {
@@ -74,6 +77,51 @@ static ngx_http_llmsafespace_route_t  ngx_http_llmsafespace_routes[] = {
     { NGX_HTTP_DELETE, "/users/*",
       ngx_http_llmsafespace_users_delete, 1, "user.delete" },
 
+    { NGX_HTTP_GET, "/sandboxes",
+      ngx_http_llmsafespace_sandboxes_list, 0, NULL },
+
+    { NGX_HTTP_POST, "/sandboxes",
+      ngx_http_llmsafespace_sandboxes_create, 0, "sandbox.create" },
+
+    { NGX_HTTP_GET, "/sandboxes/*",
+      ngx_http_llmsafespace_sandboxes_get, 0, NULL },
+
+    { NGX_HTTP_DELETE, "/sandboxes/*",
+      ngx_http_llmsafespace_sandboxes_delete, 0, "sandbox.delete" },
+
+    { NGX_HTTP_GET, "/sandboxes/*/status",
+      ngx_http_llmsafespace_sandboxes_status, 0, NULL },
+
+    { NGX_HTTP_GET, "/warmpools",
+      ngx_http_llmsafespace_warmpools_list, 1, NULL },
+
+    { NGX_HTTP_POST, "/warmpools",
+      ngx_http_llmsafespace_warmpools_create, 1, "warmpool.create" },
+
+    { NGX_HTTP_GET, "/warmpools/*",
+      ngx_http_llmsafespace_warmpools_get, 1, NULL },
+
+    { NGX_HTTP_PATCH, "/warmpools/*",
+      ngx_http_llmsafespace_warmpools_patch, 1, "warmpool.update" },
+
+    { NGX_HTTP_DELETE, "/warmpools/*",
+      ngx_http_llmsafespace_warmpools_delete, 1, "warmpool.delete" },
+
+    { NGX_HTTP_GET, "/warmpools/*/status",
+      ngx_http_llmsafespace_warmpools_status, 1, NULL },
+
+    { NGX_HTTP_GET, "/runtimes",
+      ngx_http_llmsafespace_runtimes_list, 0, NULL },
+
+    { NGX_HTTP_GET, "/runtimes/*",
+      ngx_http_llmsafespace_runtimes_get, 0, NULL },
+
+    { NGX_HTTP_GET, "/profiles",
+      ngx_http_llmsafespace_profiles_list, 0, NULL },
+
+    { NGX_HTTP_GET, "/profiles/*",
+      ngx_http_llmsafespace_profiles_get, 0, NULL },
+
     { 0, NULL, NULL, 0, NULL }
 };
 
@@ -92,8 +140,9 @@ static ngx_uint_t  ngx_http_llmsafespace_methods[] = {
 ngx_int_t
 ngx_http_llmsafespace_api_handler(ngx_http_request_t *r)
 {
-    ngx_int_t                     rc;
-    ngx_http_llmsafespace_ctx_t  *ctx;
+    ngx_int_t                          rc;
+    ngx_http_llmsafespace_ctx_t       *ctx;
+    ngx_http_llmsafespace_loc_conf_t  *llcf;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_llmsafespace_module);
 
@@ -102,7 +151,27 @@ ngx_http_llmsafespace_api_handler(ngx_http_request_t *r)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
+    /* execution traffic goes to the runner with its body unread */
+
+    rc = ngx_http_llmsafespace_proxy(r, ctx);
+
+    if (rc != NGX_DECLINED) {
+        return rc;
+    }
+
     if (r->method & (NGX_HTTP_POST|NGX_HTTP_PUT|NGX_HTTP_PATCH)) {
+
+        llcf = ngx_http_get_module_loc_conf(r, ngx_http_llmsafespace_module);
+
+        if (r->headers_in.content_length_n > (off_t) llcf->max_body_size
+            || (r->headers_in.chunked && llcf->max_body_size == 0))
+        {
+            return ngx_http_llmsafespace_send_error(r,
+                                    NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                                    "payload_too_large",
+                                    "JSON bodies are limited to %uz bytes",
+                                    llcf->max_body_size);
+        }
 
         rc = ngx_http_read_client_request_body(r,
                                       ngx_http_llmsafespace_api_body_handler);
@@ -407,9 +476,12 @@ ngx_http_llmsafespace_api_match(const char *path, ngx_str_t *segments,
             }
 
             for (k = 0; k < segments[i].len; k++) {
+                /* ':' and '.' for runtime names ("python:3.11") */
                 if (!(isalnum(segments[i].data[k])
                       || segments[i].data[k] == '-'
-                      || segments[i].data[k] == '_'))
+                      || segments[i].data[k] == '_'
+                      || segments[i].data[k] == '.'
+                      || segments[i].data[k] == ':'))
                 {
                     return NGX_DECLINED;
                 }
@@ -512,7 +584,7 @@ ngx_http_llmsafespace_api_query_done(void *data, PGresult *res,
     char                         *state;
     ngx_http_llmsafespace_ctx_t  *ctx;
 
-    ctx = ngx_http_get_module_ctx(r, ngx_http_llmsafespace_module);
+    ctx = ngx_http_llmsafespace_get_ctx(r);
     ctx->pg_query = NULL;
 
     if (rc == NGX_HTTP_LLMSAFESPACE_PG_TIMEDOUT) {
@@ -547,6 +619,71 @@ ngx_http_llmsafespace_api_query_done(void *data, PGresult *res,
 
     } else {
         rc = ctx->query_done(r, ctx, res);
+    }
+
+    ngx_http_llmsafespace_api_finish(r, rc);
+}
+
+
+/*
+ * Sends a Redis command for a route handler, like the query glue above:
+ * NGX_DONE and "done" answers later, or the rc of a 503 answer.
+ */
+
+ngx_int_t
+ngx_http_llmsafespace_api_redis(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, int argc, const char **argv,
+    const size_t *argvlen, ngx_http_llmsafespace_redis_done_pt done)
+{
+    ngx_http_llmsafespace_redis_cmd_t  *cmd;
+
+    cmd = ngx_http_llmsafespace_redis_command(argc, argv, argvlen,
+                                        ngx_http_llmsafespace_api_redis_done,
+                                        r);
+    if (cmd == NULL) {
+        return ngx_http_llmsafespace_send_error(r,
+                                      NGX_HTTP_SERVICE_UNAVAILABLE,
+                                      "unavailable",
+                                      "Redis is unavailable, retry later");
+    }
+
+    ctx->redis_cmd = cmd;
+    ctx->redis_done = done;
+
+    r->main->count++;
+
+    return NGX_DONE;
+}
+
+
+static void
+ngx_http_llmsafespace_api_redis_done(void *data, redisReply *reply,
+    ngx_int_t rc)
+{
+    ngx_http_request_t *r = data;
+
+    ngx_http_llmsafespace_ctx_t  *ctx;
+
+    ctx = ngx_http_llmsafespace_get_ctx(r);
+    ctx->redis_cmd = NULL;
+
+    if (rc != NGX_OK) {
+        rc = ngx_http_llmsafespace_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                              "unavailable",
+                                              "Redis did not answer, "
+                                              "retry later");
+
+    } else if (reply->type == REDIS_REPLY_ERROR) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "llmsafespace: redis command failed: %*s",
+                      (size_t) reply->len, reply->str);
+
+        rc = ngx_http_llmsafespace_send_error(r,
+                                       NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                       "internal", "internal error");
+
+    } else {
+        rc = ctx->redis_done(r, ctx, reply);
     }
 
     ngx_http_llmsafespace_api_finish(r, rc);
@@ -679,4 +816,97 @@ ngx_http_llmsafespace_api_only(ngx_http_request_t *r,
     }
 
     return NGX_OK;
+}
+
+
+/* query parameters are C strings */
+
+u_char *
+ngx_http_llmsafespace_api_cstr(ngx_http_request_t *r, u_char *data, size_t len)
+{
+    u_char  *p;
+
+    p = ngx_pnalloc(r->pool, len + 1);
+    if (p == NULL) {
+        return NULL;
+    }
+
+    *ngx_cpymem(p, data, len) = '\0';
+
+    return p;
+}
+
+
+json_t *
+ngx_http_llmsafespace_api_value(PGresult *res, int row, int col)
+{
+    if (PQgetisnull(res, row, col)) {
+        return json_null();
+    }
+
+    return json_stringn(PQgetvalue(res, row, col),
+                        PQgetlength(res, row, col));
+}
+
+
+ngx_int_t
+ngx_http_llmsafespace_api_page(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, u_char *limit, u_char *offset)
+{
+    ngx_int_t  l, o;
+    ngx_str_t  v;
+
+    l = 100;
+    o = 0;
+
+    if (ngx_http_arg(r, (u_char *) "limit", 5, &v) == NGX_OK) {
+        l = ngx_atoi(v.data, v.len);
+
+        if (l < 1 || l > NGX_HTTP_LLMSAFESPACE_LIST_MAX) {
+            return ngx_http_llmsafespace_api_invalid(r, ctx, 422, "limit",
+                                       "\"limit\" must be 1 to %d",
+                                       NGX_HTTP_LLMSAFESPACE_LIST_MAX);
+        }
+    }
+
+    if (ngx_http_arg(r, (u_char *) "offset", 6, &v) == NGX_OK) {
+        o = ngx_atoi(v.data, v.len);
+
+        if (o < 0 || o > 1000000000) {
+            return ngx_http_llmsafespace_api_invalid(r, ctx, 422, "offset",
+                                       "\"offset\" must be a number "
+                                       "from 0");
+        }
+    }
+
+    *ngx_sprintf(limit, "%i", l) = '\0';
+    *ngx_sprintf(offset, "%i", o) = '\0';
+
+    return NGX_OK;
+}
+
+
+/* {"<name>": [row, ...]} */
+
+ngx_int_t
+ngx_http_llmsafespace_api_send_list(ngx_http_request_t *r, PGresult *res,
+    const char *name, json_t *(*row)(PGresult *res, int i))
+{
+    int      i;
+    json_t  *list;
+
+    list = json_array();
+    if (list == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    for (i = 0; i < PQntuples(res); i++) {
+        if (json_array_append_new(list, row(res, i)) != 0) {
+            json_decref(list);
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
+    return ngx_http_llmsafespace_send_object(r, NGX_HTTP_OK,
+                                         json_pack("{s:o}", name, list));
 }

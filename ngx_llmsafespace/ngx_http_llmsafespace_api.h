@@ -43,6 +43,11 @@ ngx_int_t ngx_http_llmsafespace_api_query(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, const char *sql, int nparams,
     const char *const *values, ngx_http_llmsafespace_query_done_pt done);
 
+/* the same for a Redis command; error replies are answered for it */
+ngx_int_t ngx_http_llmsafespace_api_redis(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, int argc, const char **argv,
+    const size_t *argvlen, ngx_http_llmsafespace_redis_done_pt done);
+
 /* request body checks: NGX_OK, or NGX_DECLINED with the reason recorded */
 ngx_int_t ngx_http_llmsafespace_api_invalid(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, ngx_uint_t status, const char *field,
@@ -52,6 +57,17 @@ ngx_int_t ngx_http_llmsafespace_api_string(ngx_http_request_t *r,
     ngx_uint_t required, size_t max, const char **value);
 ngx_int_t ngx_http_llmsafespace_api_only(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, const char **fields);
+/* shared helpers of the route handlers */
+u_char *ngx_http_llmsafespace_api_cstr(ngx_http_request_t *r, u_char *data,
+    size_t len);
+json_t *ngx_http_llmsafespace_api_value(PGresult *res, int row, int col);
+/* ?limit= (1-1000, default 100) and ?offset= as C strings */
+ngx_int_t ngx_http_llmsafespace_api_page(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, u_char *limit, u_char *offset);
+/* {"<name>": [row(res, i), ...]} */
+ngx_int_t ngx_http_llmsafespace_api_send_list(ngx_http_request_t *r,
+    PGresult *res, const char *name, json_t *(*row)(PGresult *res, int i));
+
 /* answers the recorded reason */
 ngx_int_t ngx_http_llmsafespace_api_reject(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx);
@@ -72,6 +88,60 @@ ngx_int_t ngx_http_llmsafespace_users_create(ngx_http_request_t *r,
 ngx_int_t ngx_http_llmsafespace_users_get(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id);
 ngx_int_t ngx_http_llmsafespace_users_delete(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id);
+
+/* handlers of ngx_http_llmsafespace_sandbox.c */
+char *ngx_http_llmsafespace_sandboxes_directive(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+ngx_int_t ngx_http_llmsafespace_sandboxes_list(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id);
+ngx_int_t ngx_http_llmsafespace_sandboxes_create(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id);
+ngx_int_t ngx_http_llmsafespace_sandboxes_get(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id);
+ngx_int_t ngx_http_llmsafespace_sandboxes_status(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id);
+ngx_int_t ngx_http_llmsafespace_sandboxes_delete(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id);
+
+/*
+ * ngx_http_llmsafespace_proxy.c: execute, stream, files and packages go to
+ * the sandbox's runner; NGX_DECLINED for every other route.
+ */
+ngx_int_t ngx_http_llmsafespace_proxy(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx);
+
+/* handlers of ngx_http_llmsafespace_pools.c (admin) */
+ngx_int_t ngx_http_llmsafespace_warmpools_list(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id);
+ngx_int_t ngx_http_llmsafespace_warmpools_create(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id);
+ngx_int_t ngx_http_llmsafespace_warmpools_get(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id);
+ngx_int_t ngx_http_llmsafespace_warmpools_patch(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id);
+ngx_int_t ngx_http_llmsafespace_warmpools_delete(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id);
+ngx_int_t ngx_http_llmsafespace_warmpools_status(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id);
+
+/* ngx_http_llmsafespace_catalog.c: runtimes and profiles */
+char *ngx_http_llmsafespace_runtimes_file(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+char *ngx_http_llmsafespace_profiles_file(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+/* the descriptor "python", "python:3.11" or its rootfs name selects */
+json_t *ngx_http_llmsafespace_runtime_find(
+    ngx_http_llmsafespace_main_conf_t *lmcf, const char *name);
+json_t *ngx_http_llmsafespace_profile_find(
+    ngx_http_llmsafespace_main_conf_t *lmcf, const char *name);
+ngx_int_t ngx_http_llmsafespace_runtimes_list(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id);
+ngx_int_t ngx_http_llmsafespace_runtimes_get(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id);
+ngx_int_t ngx_http_llmsafespace_profiles_list(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id);
+ngx_int_t ngx_http_llmsafespace_profiles_get(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id);
 
 

@@ -52,6 +52,10 @@ static ngx_int_t ngx_http_llmsafespace_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_llmsafespace_request_variable(
     ngx_http_request_t *r, ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_llmsafespace_connection_variable(
+    ngx_http_request_t *r, ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_http_llmsafespace_ctx_t *ngx_http_llmsafespace_find_ctx(
+    ngx_http_request_t *r);
 
 
 static ngx_conf_num_bounds_t  ngx_http_llmsafespace_audit_bounds = {
@@ -110,6 +114,20 @@ static ngx_command_t  ngx_http_llmsafespace_commands[] = {
       offsetof(ngx_http_llmsafespace_main_conf_t, audit_buffer),
       &ngx_http_llmsafespace_audit_bounds },
 
+    { ngx_string("llmsafespace_runtimes"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_llmsafespace_runtimes_file,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("llmsafespace_profiles"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_llmsafespace_profiles_file,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("llmsafespace_limit"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE2,
       ngx_http_llmsafespace_limit,
@@ -132,10 +150,31 @@ static ngx_command_t  ngx_http_llmsafespace_commands[] = {
       NULL },
 
     { ngx_string("llmsafespace_api"),
-      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS|NGX_CONF_TAKE1,
       ngx_http_llmsafespace_handler_directive,
       NGX_HTTP_LOC_CONF_OFFSET,
       NGX_HTTP_LLMSAFESPACE_HANDLER_API,
+      NULL },
+
+    { ngx_string("llmsafespace_runner"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_llmsafespace_handler_directive,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      NGX_HTTP_LLMSAFESPACE_HANDLER_RUNNER,
+      NULL },
+
+    { ngx_string("llmsafespace_json_body_size"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_llmsafespace_loc_conf_t, max_body_size),
+      NULL },
+
+    { ngx_string("llmsafespace_sandboxes"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_llmsafespace_sandboxes_directive,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
       NULL },
 
     { ngx_string("llmsafespace_health"),
@@ -191,6 +230,8 @@ ngx_module_t  ngx_http_llmsafespace_module = {
 #define NGX_HTTP_LLMSAFESPACE_VAR_USER        1
 #define NGX_HTTP_LLMSAFESPACE_VAR_USER_ID     2
 #define NGX_HTTP_LLMSAFESPACE_VAR_SANDBOX_ID  3
+#define NGX_HTTP_LLMSAFESPACE_VAR_RUNNER_URL  4
+#define NGX_HTTP_LLMSAFESPACE_VAR_RUNNER_TOKEN  5
 
 
 static ngx_http_variable_t  ngx_http_llmsafespace_vars[] = {
@@ -209,6 +250,19 @@ static ngx_http_variable_t  ngx_http_llmsafespace_vars[] = {
 
     { ngx_string("llmsafespace_sandbox_id"), NULL,
       ngx_http_llmsafespace_variable, NGX_HTTP_LLMSAFESPACE_VAR_SANDBOX_ID,
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("llmsafespace_runner_url"), NULL,
+      ngx_http_llmsafespace_variable, NGX_HTTP_LLMSAFESPACE_VAR_RUNNER_URL,
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("llmsafespace_runner_token"), NULL,
+      ngx_http_llmsafespace_variable,
+      NGX_HTTP_LLMSAFESPACE_VAR_RUNNER_TOKEN,
+      NGX_HTTP_VAR_NOCACHEABLE|NGX_HTTP_VAR_NOHASH, 0 },
+
+    { ngx_string("llmsafespace_runner_connection"), NULL,
+      ngx_http_llmsafespace_connection_variable, 0,
       NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
     { ngx_string("llmsafespace_request"), NULL,
@@ -409,6 +463,10 @@ ngx_http_llmsafespace_merge_loc_conf(ngx_conf_t *cf, void *parent,
         ngx_conf_init_value(conf->json_errors, 1);
     }
 
+    if (conf->handler == NGX_HTTP_LLMSAFESPACE_HANDLER_RUNNER) {
+        ngx_conf_init_value(conf->json_errors, 1);
+    }
+
     ngx_conf_merge_value(conf->auth, prev->auth, 0);
     ngx_conf_merge_value(conf->json_errors, prev->json_errors, 0);
     ngx_conf_merge_size_value(conf->max_body_size, prev->max_body_size,
@@ -496,6 +554,7 @@ ngx_http_llmsafespace_handler_directive(ngx_conf_t *cf, ngx_command_t *cmd,
 {
     ngx_http_llmsafespace_loc_conf_t *llcf = conf;
 
+    ngx_str_t                 *value;
     ngx_http_core_loc_conf_t  *clcf;
 
     if (llcf->handler != NGX_HTTP_LLMSAFESPACE_HANDLER_NONE) {
@@ -510,6 +569,34 @@ ngx_http_llmsafespace_handler_directive(ngx_conf_t *cf, ngx_command_t *cmd,
 
     case NGX_HTTP_LLMSAFESPACE_HANDLER_API:
         clcf->handler = ngx_http_llmsafespace_api_handler;
+
+        ngx_str_set(&llcf->runner_location, "@llmsafespace_runner");
+
+        if (cf->args->nelts == 2) {
+            value = cf->args->elts;
+
+            if (ngx_strncmp(value[1].data, "runner=@", 8) != 0
+                || value[1].len < 9)
+            {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "\"llmsafespace_api\": invalid "
+                                   "parameter \"%V\", expected "
+                                   "\"runner=@name\"", &value[1]);
+                return NGX_CONF_ERROR;
+            }
+
+            llcf->runner_location.data = value[1].data + 7;
+            llcf->runner_location.len = value[1].len - 7;
+        }
+
+        break;
+
+    case NGX_HTTP_LLMSAFESPACE_HANDLER_RUNNER:
+        /* proxy_pass is the content handler: only mark the location */
+        if (clcf->named == 0) {
+            return "must be used in a named location (\"location @name\")";
+        }
+
         break;
 
     case NGX_HTTP_LLMSAFESPACE_HANDLER_HEALTH:
@@ -582,7 +669,7 @@ ngx_http_llmsafespace_get_ctx(ngx_http_request_t *r)
     ngx_pool_cleanup_t           *cln;
     ngx_http_llmsafespace_ctx_t  *ctx;
 
-    ctx = ngx_http_get_module_ctx(r, ngx_http_llmsafespace_module);
+    ctx = ngx_http_llmsafespace_find_ctx(r);
     if (ctx) {
         return ctx;
     }
@@ -610,6 +697,40 @@ ngx_http_llmsafespace_get_ctx(ngx_http_request_t *r)
 
 
 /*
+ * Internal and named redirects clear r->ctx, but the identity, the rate
+ * limit verdict and the runner chosen must survive them (the runner
+ * location is entered by a named redirect): the context is found again
+ * through its pool cleanup, as ngx_http_realip_module does.
+ */
+
+static ngx_http_llmsafespace_ctx_t *
+ngx_http_llmsafespace_find_ctx(ngx_http_request_t *r)
+{
+    ngx_pool_cleanup_t           *cln;
+    ngx_http_llmsafespace_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_llmsafespace_module);
+    if (ctx) {
+        return ctx;
+    }
+
+    if (r != r->main) {
+        return NULL;
+    }
+
+    for (cln = r->pool->cleanup; cln; cln = cln->next) {
+        if (cln->handler == ngx_http_llmsafespace_cleanup) {
+            ctx = cln->data;
+            ngx_http_set_ctx(r, ctx, ngx_http_llmsafespace_module);
+            return ctx;
+        }
+    }
+
+    return NULL;
+}
+
+
+/*
  * The request's pool is going away: whatever it still waits for must not
  * call back into it.
  */
@@ -632,6 +753,10 @@ ngx_http_llmsafespace_cleanup(void *data)
     if (ctx->body) {
         json_decref(ctx->body);
         ctx->body = NULL;
+    }
+
+    if (ctx->wait_event.timer_set) {
+        ngx_del_timer(&ctx->wait_event);
     }
 }
 
@@ -936,11 +1061,13 @@ ngx_http_llmsafespace_log_handler(ngx_http_request_t *r)
 
     llcf = ngx_http_get_module_loc_conf(r, ngx_http_llmsafespace_module);
 
-    if (!llcf->auth && llcf->handler != NGX_HTTP_LLMSAFESPACE_HANDLER_API) {
+    if (!llcf->auth && llcf->handler != NGX_HTTP_LLMSAFESPACE_HANDLER_API
+        && llcf->handler != NGX_HTTP_LLMSAFESPACE_HANDLER_RUNNER)
+    {
         return NGX_OK;
     }
 
-    ctx = ngx_http_get_module_ctx(r, ngx_http_llmsafespace_module);
+    ctx = ngx_http_llmsafespace_find_ctx(r);
 
     status = r->err_status ? r->err_status : r->headers_out.status;
 
@@ -968,7 +1095,7 @@ ngx_http_llmsafespace_variable(ngx_http_request_t *r,
     ngx_str_t                    *s;
     ngx_http_llmsafespace_ctx_t  *ctx;
 
-    ctx = ngx_http_get_module_ctx(r->main, ngx_http_llmsafespace_module);
+    ctx = ngx_http_llmsafespace_find_ctx(r->main);
 
     if (ctx == NULL) {
         v->not_found = 1;
@@ -976,6 +1103,14 @@ ngx_http_llmsafespace_variable(ngx_http_request_t *r,
     }
 
     switch (data) {
+
+    case NGX_HTTP_LLMSAFESPACE_VAR_RUNNER_URL:
+        s = &ctx->runner_url;
+        break;
+
+    case NGX_HTTP_LLMSAFESPACE_VAR_RUNNER_TOKEN:
+        s = &ctx->runner_token;
+        break;
 
     case NGX_HTTP_LLMSAFESPACE_VAR_KEY_ID:
         s = &ctx->identity.key_id;
@@ -1025,6 +1160,29 @@ ngx_http_llmsafespace_request_variable(ngx_http_request_t *r,
     v->no_cacheable = 0;
     v->not_found = 0;
     v->data = r->main->request_line.data;
+
+    return NGX_OK;
+}
+
+
+/* "upgrade" on a WebSocket handshake, else empty (the header is omitted) */
+
+static ngx_int_t
+ngx_http_llmsafespace_connection_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    v->valid = 1;
+    v->no_cacheable = 0;
+    v->not_found = 0;
+
+    if (r->headers_in.upgrade == NULL) {
+        v->len = 0;
+        v->data = (u_char *) "";
+        return NGX_OK;
+    }
+
+    v->len = sizeof("upgrade") - 1;
+    v->data = (u_char *) "upgrade";
 
     return NGX_OK;
 }

@@ -24,21 +24,13 @@
     "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
 
 #define NGX_HTTP_LLMSAFESPACE_USER_ID_LEN  (4 + 16)
-#define NGX_HTTP_LLMSAFESPACE_LIST_MAX     1000
 
 
 static ngx_uint_t ngx_http_llmsafespace_have_pg(ngx_http_request_t *r);
 static ngx_int_t ngx_http_llmsafespace_no_pg(ngx_http_request_t *r);
-static u_char *ngx_http_llmsafespace_cstr(ngx_http_request_t *r,
-    u_char *data, size_t len);
 static ngx_int_t ngx_http_llmsafespace_query_id(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id, const char *sql,
     ngx_http_llmsafespace_query_done_pt done);
-static ngx_int_t ngx_http_llmsafespace_send_list(ngx_http_request_t *r,
-    PGresult *res, const char *name, json_t *(*row)(PGresult *res, int i));
-static ngx_int_t ngx_http_llmsafespace_page(ngx_http_request_t *r,
-    ngx_http_llmsafespace_ctx_t *ctx, u_char *limit, u_char *offset);
-static json_t *ngx_http_llmsafespace_value(PGresult *res, int row, int col);
 static json_t *ngx_http_llmsafespace_key_json(PGresult *res, int row);
 static json_t *ngx_http_llmsafespace_user_json(PGresult *res, int row);
 static ngx_int_t ngx_http_llmsafespace_apikeys_listed(ngx_http_request_t *r,
@@ -138,7 +130,7 @@ ngx_http_llmsafespace_apikeys_list(ngx_http_request_t *r,
         return ngx_http_llmsafespace_no_pg(r);
     }
 
-    user = ngx_http_llmsafespace_cstr(r, ctx->identity.user_id.data,
+    user = ngx_http_llmsafespace_api_cstr(r, ctx->identity.user_id.data,
                                       ctx->identity.user_id.len);
     if (user == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -157,7 +149,7 @@ static ngx_int_t
 ngx_http_llmsafespace_apikeys_listed(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, PGresult *res)
 {
-    return ngx_http_llmsafespace_send_list(r, res, "apiKeys",
+    return ngx_http_llmsafespace_api_send_list(r, res, "apiKeys",
                                            ngx_http_llmsafespace_key_json);
 }
 
@@ -266,8 +258,8 @@ ngx_http_llmsafespace_apikeys_delete(ngx_http_request_t *r,
 
     ctx->audit_object = *id;
 
-    key_id = ngx_http_llmsafespace_cstr(r, id->data, id->len);
-    user = ngx_http_llmsafespace_cstr(r, ctx->identity.user_id.data,
+    key_id = ngx_http_llmsafespace_api_cstr(r, id->data, id->len);
+    user = ngx_http_llmsafespace_api_cstr(r, ctx->identity.user_id.data,
                                       ctx->identity.user_id.len);
 
     if (key_id == NULL || user == NULL) {
@@ -324,7 +316,7 @@ ngx_http_llmsafespace_users_list(ngx_http_request_t *r,
 
     offset = limit + NGX_INT_T_LEN;
 
-    if (ngx_http_llmsafespace_page(r, ctx, limit, offset) != NGX_OK) {
+    if (ngx_http_llmsafespace_api_page(r, ctx, limit, offset) != NGX_OK) {
         return ngx_http_llmsafespace_api_reject(r, ctx);
     }
 
@@ -341,47 +333,10 @@ ngx_http_llmsafespace_users_list(ngx_http_request_t *r,
 /* ?limit=N&offset=N, limit 1..1000 (default 100) */
 
 static ngx_int_t
-ngx_http_llmsafespace_page(ngx_http_request_t *r,
-    ngx_http_llmsafespace_ctx_t *ctx, u_char *limit, u_char *offset)
-{
-    ngx_int_t  l, o;
-    ngx_str_t  v;
-
-    l = 100;
-    o = 0;
-
-    if (ngx_http_arg(r, (u_char *) "limit", 5, &v) == NGX_OK) {
-        l = ngx_atoi(v.data, v.len);
-
-        if (l < 1 || l > NGX_HTTP_LLMSAFESPACE_LIST_MAX) {
-            return ngx_http_llmsafespace_api_invalid(r, ctx, 422, "limit",
-                                       "\"limit\" must be 1 to %d",
-                                       NGX_HTTP_LLMSAFESPACE_LIST_MAX);
-        }
-    }
-
-    if (ngx_http_arg(r, (u_char *) "offset", 6, &v) == NGX_OK) {
-        o = ngx_atoi(v.data, v.len);
-
-        if (o < 0 || o > 1000000000) {
-            return ngx_http_llmsafespace_api_invalid(r, ctx, 422, "offset",
-                                       "\"offset\" must be a number "
-                                       "from 0");
-        }
-    }
-
-    *ngx_sprintf(limit, "%i", l) = '\0';
-    *ngx_sprintf(offset, "%i", o) = '\0';
-
-    return NGX_OK;
-}
-
-
-static ngx_int_t
 ngx_http_llmsafespace_users_listed(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, PGresult *res)
 {
-    return ngx_http_llmsafespace_send_list(r, res, "users",
+    return ngx_http_llmsafespace_api_send_list(r, res, "users",
                                            ngx_http_llmsafespace_user_json);
 }
 
@@ -486,11 +441,11 @@ ngx_http_llmsafespace_users_created(ngx_http_request_t *r,
     json = json_pack("{s:o, s:{s:o, s:o, s:s%, s:o}}",
                      "user", ngx_http_llmsafespace_user_json(res, 0),
                      "apiKey",
-                     "id", ngx_http_llmsafespace_value(res, 0, 4),
-                     "name", ngx_http_llmsafespace_value(res, 0, 5),
+                     "id", ngx_http_llmsafespace_api_value(res, 0, 4),
+                     "name", ngx_http_llmsafespace_api_value(res, 0, 5),
                      "key", ctx->new_key->key,
                      (size_t) NGX_HTTP_LLMSAFESPACE_KEY_LEN,
-                     "createdAt", ngx_http_llmsafespace_value(res, 0, 6));
+                     "createdAt", ngx_http_llmsafespace_api_value(res, 0, 6));
 
     return ngx_http_llmsafespace_send_object(r, NGX_HTTP_CREATED, json);
 }
@@ -602,24 +557,6 @@ ngx_http_llmsafespace_no_pg(ngx_http_request_t *r)
 }
 
 
-/* query parameters are C strings */
-
-static u_char *
-ngx_http_llmsafespace_cstr(ngx_http_request_t *r, u_char *data, size_t len)
-{
-    u_char  *p;
-
-    p = ngx_pnalloc(r->pool, len + 1);
-    if (p == NULL) {
-        return NULL;
-    }
-
-    *ngx_cpymem(p, data, len) = '\0';
-
-    return p;
-}
-
-
 /* a route on one object: the id is its only query parameter */
 
 static ngx_int_t
@@ -636,7 +573,7 @@ ngx_http_llmsafespace_query_id(ngx_http_request_t *r,
 
     ctx->audit_object = *id;
 
-    p = ngx_http_llmsafespace_cstr(r, id->data, id->len);
+    p = ngx_http_llmsafespace_api_cstr(r, id->data, id->len);
     if (p == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
@@ -647,55 +584,17 @@ ngx_http_llmsafespace_query_id(ngx_http_request_t *r,
 }
 
 
-/* {"<name>": [row, ...]} */
-
-static ngx_int_t
-ngx_http_llmsafespace_send_list(ngx_http_request_t *r, PGresult *res,
-    const char *name, json_t *(*row)(PGresult *res, int i))
-{
-    int      i;
-    json_t  *list;
-
-    list = json_array();
-    if (list == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    for (i = 0; i < PQntuples(res); i++) {
-        if (json_array_append_new(list, row(res, i)) != 0) {
-            json_decref(list);
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-    }
-
-    return ngx_http_llmsafespace_send_object(r, NGX_HTTP_OK,
-                                         json_pack("{s:o}", name, list));
-}
-
-
-static json_t *
-ngx_http_llmsafespace_value(PGresult *res, int row, int col)
-{
-    if (PQgetisnull(res, row, col)) {
-        return json_null();
-    }
-
-    return json_stringn(PQgetvalue(res, row, col),
-                        PQgetlength(res, row, col));
-}
-
-
 /* id, name, created, last used, revoked */
 
 static json_t *
 ngx_http_llmsafespace_key_json(PGresult *res, int row)
 {
     return json_pack("{s:o, s:o, s:o, s:o, s:o}",
-                     "id", ngx_http_llmsafespace_value(res, row, 0),
-                     "name", ngx_http_llmsafespace_value(res, row, 1),
-                     "createdAt", ngx_http_llmsafespace_value(res, row, 2),
-                     "lastUsedAt", ngx_http_llmsafespace_value(res, row, 3),
-                     "revokedAt", ngx_http_llmsafespace_value(res, row, 4));
+                     "id", ngx_http_llmsafespace_api_value(res, row, 0),
+                     "name", ngx_http_llmsafespace_api_value(res, row, 1),
+                     "createdAt", ngx_http_llmsafespace_api_value(res, row, 2),
+                     "lastUsedAt", ngx_http_llmsafespace_api_value(res, row, 3),
+                     "revokedAt", ngx_http_llmsafespace_api_value(res, row, 4));
 }
 
 
@@ -705,10 +604,10 @@ static json_t *
 ngx_http_llmsafespace_user_json(PGresult *res, int row)
 {
     return json_pack("{s:o, s:o, s:o, s:o}",
-                     "id", ngx_http_llmsafespace_value(res, row, 0),
-                     "name", ngx_http_llmsafespace_value(res, row, 1),
-                     "role", ngx_http_llmsafespace_value(res, row, 2),
-                     "createdAt", ngx_http_llmsafespace_value(res, row, 3));
+                     "id", ngx_http_llmsafespace_api_value(res, row, 0),
+                     "name", ngx_http_llmsafespace_api_value(res, row, 1),
+                     "role", ngx_http_llmsafespace_api_value(res, row, 2),
+                     "createdAt", ngx_http_llmsafespace_api_value(res, row, 3));
 }
 
 

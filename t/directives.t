@@ -232,8 +232,11 @@ my @bad = (
       'llmsafespace_audit_buffer', qr/invalid|lots/ ],
 
     # location-level handlers and flags
-    [ 'api: takes no argument',
+    [ 'api: takes only runner=@name',
       { api => 'llmsafespace_api on;' },
+      'llmsafespace_api', qr/invalid parameter "on"/ ],
+    [ 'api: one argument at most',
+      { api => 'llmsafespace_api runner=@a runner=@b;' },
       'llmsafespace_api', qr/number of arguments/ ],
     [ 'api: in http context',
       { http_extra => 'llmsafespace_api;' },

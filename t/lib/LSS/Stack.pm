@@ -1,0 +1,160 @@
+package LSS::Stack;
+
+# The whole stack for end-to-end tests: LSS::Test's nginx, Redis and
+# PostgreSQL plus a real llmsafespace-controller with the local driver
+# (runc / runsc containers of build/rootfs).  Adds methods to LSS::Test:
+#
+#   $t->controller_start(pools => { python => {minSize => 2, ...} });
+#   $t->controller_stop;  $t->controller_kill;  (sandboxes keep running)
+#   $t->sandbox_conf     the http{} directives of the sandbox API
+#   $t->ready_count('python')
+#
+# At the end of the test file every container of the controller's state
+# dir is destroyed, whatever happened.
+
+use warnings;
+use strict;
+
+use File::Path qw/ make_path rmtree /;
+use POSIX qw/ :sys_wait_h /;
+use Time::HiRes qw/ sleep time /;
+
+use LSS::Test;
+
+my $BIN = "$LSS::Test::TOP/build/controller/llmsafespace-controller";
+my $MKBUNDLE = "$LSS::Test::TOP/runtimes/oci/mkbundle";
+
+# the runner sockets' group: nginx workers reach the runners through it
+our $SOCKET_GROUP = 'llmsafespace';
+
+my @stacks;
+
+package LSS::Test;
+
+sub controller_state { "$_[0]{testdir}/state" }
+
+sub controller_start {
+    my ($self, %opts) = @_;
+    my $d = $self->{testdir};
+    my $state = $self->controller_state();
+
+    make_path("$d/pools", $state);
+
+    if ($opts{pools}) {
+        unlink glob("$d/pools/*.yaml");
+
+        for my $name (sort keys %{$opts{pools}}) {
+            my $spec = { runtime => 'python:3.11', minSize => 1,
+                         maxSize => 4, securityLevel => 'standard',
+                         %{$opts{pools}{$name}} };
+            my $yaml = "apiVersion: llmsafespace.dev/v1\nkind: WarmPool\n"
+                . "metadata:\n  name: $name\nspec:\n";
+            for my $k (sort keys %$spec) {
+                $yaml .= "  $k: $spec->{$k}\n";
+            }
+            $self->write_file("pools/$name.yaml", $yaml);
+        }
+    }
+
+    my @argv = ($BIN, '--state', $state,
+        '--redis', $self->redis_address(),
+        '--pg', $self->pg_conninfo(),
+        '--pools', "$d/pools",
+        '--tick-ms', $opts{tick_ms} // 100);
+    push @argv, '--socket-group', $SOCKET_GROUP
+        if $self->{socket_group};
+
+    open(my $log, '>>', "$d/controller.log") or die "controller.log: $!";
+
+    my $pid = fork();
+    die "fork: $!" unless defined $pid;
+
+    if ($pid == 0) {
+        open(STDOUT, '>&', $log);
+        open(STDERR, '>&', $log);
+        exec(@argv) or POSIX::_exit(127);
+    }
+
+    $self->{controller} = $pid;
+    push @stacks, $self unless grep { $_ == $self } @stacks;
+
+    return $pid;
+}
+
+sub controller_stop {
+    my ($self, $signal) = @_;
+    my $pid = delete $self->{controller} or return;
+
+    kill $signal // 'TERM', $pid;
+
+    my $deadline = time() + 30;
+    while (time() < $deadline) {
+        return if waitpid($pid, WNOHANG) == $pid;
+        sleep 0.05;
+    }
+
+    kill 'KILL', $pid;
+    waitpid($pid, 0);
+}
+
+sub controller_kill { $_[0]->controller_stop('KILL') }
+
+sub controller_log { $_[0]->read_file('controller.log') }
+
+sub ready_count {
+    my ($self, $pool) = @_;
+    return $self->redis()->llen("lss:pool:$pool:ready") // 0;
+}
+
+# The sandbox API's http{}-level directives for this test's checkout.
+
+sub sandbox_conf {
+    my ($self, %opts) = @_;
+    my $top = $LSS::Test::TOP;
+    my $quota = $opts{quota} // 10;
+
+    return "llmsafespace_runtimes $top/runtimes/index.json;\n"
+        . "llmsafespace_profiles $top/conf/profiles.json;\n"
+        . "llmsafespace_sandboxes contract=$top/controller/contract "
+        . "quota=$quota;\n";
+}
+
+sub runner_location {
+    return "include $LSS::Test::TOP/conf/llmsafespace-runner.conf;\n";
+}
+
+# everything the controller started, gone
+
+sub controller_cleanup {
+    my ($self) = @_;
+    my $state = $self->controller_state();
+
+    $self->controller_stop() if $self->{controller};
+
+    return unless -d $state;
+
+    for my $rt ('runc', 'runsc') {
+        my $root = "$state/$rt";
+        next unless -d $root;
+
+        for my $id (split /\s+/, `$rt --root $root list -q 2>/dev/null`) {
+            next unless $id;
+            system("$rt --root $root delete --force $id >/dev/null 2>&1");
+        }
+    }
+
+    for my $b (glob("$state/bundles/*")) {
+        system("$MKBUNDLE cgroup-remove --bundle $b >/dev/null 2>&1")
+            if -e "$b/config.json";
+    }
+
+    rmtree($state);
+}
+
+package LSS::Stack;
+
+END {
+    $_->controller_cleanup() for @stacks;
+}
+
+1;
