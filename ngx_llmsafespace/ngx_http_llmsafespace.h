@@ -179,6 +179,7 @@ struct ngx_http_llmsafespace_ctx_s {
     ngx_uint_t                      invalid_status;
     const char                     *invalid_field;
     ngx_http_llmsafespace_new_key_t *new_key;
+    ngx_uint_t                      revoked_keys;
     ngx_http_llmsafespace_redis_done_pt  redis_done;
 
     /* sandboxes: the create in progress, a bounded wait for readiness */

@@ -47,6 +47,10 @@ static ngx_int_t ngx_http_llmsafespace_users_got(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, PGresult *res);
 static ngx_int_t ngx_http_llmsafespace_users_deleted(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, PGresult *res);
+static ngx_int_t ngx_http_llmsafespace_users_unsandboxed(
+    ngx_http_request_t *r, ngx_http_llmsafespace_ctx_t *ctx, PGresult *res);
+static json_t *ngx_http_llmsafespace_users_deleted_json(
+    ngx_http_llmsafespace_ctx_t *ctx);
 static ngx_int_t ngx_http_llmsafespace_name_valid(const char *name);
 
 
@@ -97,6 +101,13 @@ static const char  ngx_http_llmsafespace_users_delete_sql[] =
     "k AS (UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) "
     "WHERE user_id IN (SELECT id FROM u) RETURNING id) "
     "SELECT u.id, k.id FROM u LEFT JOIN k ON true";
+
+/* with the sandbox API: the controller terminates what is marked */
+static const char  ngx_http_llmsafespace_users_sandboxes_sql[] =
+    "UPDATE sandboxes SET delete_requested_at = "
+    "coalesce(delete_requested_at, now()), updated_at = now() "
+    "WHERE owner = $1 AND phase NOT IN ('Terminated', 'Failed') "
+    "RETURNING id";
 
 
 ngx_int_t
@@ -504,9 +515,10 @@ static ngx_int_t
 ngx_http_llmsafespace_users_deleted(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, PGresult *res)
 {
-    int         i, revoked;
-    json_t     *json;
-    ngx_str_t   key_id;
+    int                                 i, revoked;
+    ngx_str_t                           key_id;
+    const char                         *values[1];
+    ngx_http_llmsafespace_main_conf_t  *lmcf;
 
     if (PQntuples(res) == 0) {
         return ngx_http_llmsafespace_send_error(r, NGX_HTTP_NOT_FOUND,
@@ -529,10 +541,57 @@ ngx_http_llmsafespace_users_deleted(ngx_http_request_t *r,
         revoked++;
     }
 
-    json = json_pack("{s:s%, s:b, s:i}",
-                     "id", ctx->audit_object.data, ctx->audit_object.len,
-                     "deleted", 1, "revokedKeys", revoked);
+    ctx->revoked_keys = revoked;
+
+    lmcf = ngx_http_get_module_main_conf(r, ngx_http_llmsafespace_module);
+
+    if (lmcf->claim_script.len == 0) {
+        /* no sandbox API on this gateway, hence no sandboxes table */
+        return ngx_http_llmsafespace_send_object(r, NGX_HTTP_OK,
+                              ngx_http_llmsafespace_users_deleted_json(ctx));
+    }
+
+    values[0] = (const char *) ngx_http_llmsafespace_api_cstr(r,
+                                                    ctx->audit_object.data,
+                                                    ctx->audit_object.len);
+    if (values[0] == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_llmsafespace_api_query(r, ctx,
+                                   ngx_http_llmsafespace_users_sandboxes_sql,
+                                   1, values,
+                                   ngx_http_llmsafespace_users_unsandboxed);
+}
+
+
+static ngx_int_t
+ngx_http_llmsafespace_users_unsandboxed(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, PGresult *res)
+{
+    json_t  *json;
+
+    json = ngx_http_llmsafespace_users_deleted_json(ctx);
+
+    if (json == NULL
+        || json_object_set_new(json, "terminatedSandboxes",
+                               json_integer(PQntuples(res)))
+           != 0)
+    {
+        json_decref(json);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
     return ngx_http_llmsafespace_send_object(r, NGX_HTTP_OK, json);
+}
+
+
+static json_t *
+ngx_http_llmsafespace_users_deleted_json(ngx_http_llmsafespace_ctx_t *ctx)
+{
+    return json_pack("{s:s%, s:b, s:i}",
+                     "id", ctx->audit_object.data, ctx->audit_object.len,
+                     "deleted", 1, "revokedKeys", (int) ctx->revoked_keys);
 }
 
 

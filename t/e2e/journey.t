@@ -29,7 +29,7 @@ $t->controller_start(pools => { python => { minSize => 2, maxSize => 4 } });
 
 $t->run(<<"EOF");
 %%TEST_GLOBALS%%
-user root;
+${\ $t->nginx_user() }
 events { }
 http {
     %%TEST_GLOBALS_HTTP%%

@@ -7,6 +7,8 @@ package LSS::Stack;
 #   $t->controller_start(pools => { python => {minSize => 2, ...} });
 #   $t->controller_stop;  $t->controller_kill;  (sandboxes keep running)
 #   $t->sandbox_conf     the http{} directives of the sandbox API
+#   $t->runner_location  the runner location, for the server{}
+#   $t->nginx_user       workers unprivileged, in the runner sockets' group
 #   $t->ready_count('python')
 #
 # At the end of the test file every container of the controller's state
@@ -61,8 +63,11 @@ sub controller_start {
         '--pg', $self->pg_conninfo(),
         '--pools', "$d/pools",
         '--tick-ms', $opts{tick_ms} // 100);
-    push @argv, '--socket-group', $SOCKET_GROUP
-        if $self->{socket_group};
+    # nginx workers run unprivileged, in the runner sockets' group
+    system('groupadd', '--system', $SOCKET_GROUP) == 0
+        or die "groupadd $SOCKET_GROUP failed\n"
+        unless defined getgrnam($SOCKET_GROUP);
+    push @argv, '--socket-group', $SOCKET_GROUP;
 
     open(my $log, '>>', "$d/controller.log") or die "controller.log: $!";
 
@@ -105,6 +110,10 @@ sub ready_count {
     my ($self, $pool) = @_;
     return $self->redis()->llen("lss:pool:$pool:ready") // 0;
 }
+
+# the main-level "user" of an nginx that proxies to runners
+
+sub nginx_user { "user nobody $SOCKET_GROUP;" }
 
 # The sandbox API's http{}-level directives for this test's checkout.
 
