@@ -20,7 +20,7 @@ export TOP BUILD MODULE
 
 .PHONY: all module runner deps install uninstall test test-unit test-gateway \
         test-gateway-valgrind test-runner test-runtimes test-controller \
-        bench run stop admin-key clean
+        bench run stop admin-key clean controller rootfs-python stack
 
 all: module runner
 
@@ -94,16 +94,29 @@ test-controller:
 bench: $(MODULE)
 	bench/run.sh
 
-# the local stack under run/ (LSS_PORT, LSS_DETACH=1); `make stop` ends it
-run: deps $(MODULE)
+controller:
+	$(MAKE) -C controller
+
+# the default warm pool's root filesystem (cached; `make -C runtimes
+# rootfs` builds every runtime's)
+rootfs-python:
+	$(MAKE) -C runtimes rootfs-python
+
+# everything the local stack runs
+stack: deps $(MODULE) controller rootfs-python
+
+# the local stack under run/ (LSS_RUN, LSS_PORT, LSS_DETACH=1); tools/run.sh
+# builds through `make stack` first; `make stop` ends it
+run:
 	tools/run.sh
 
 stop:
 	tools/run.sh stop
 
 # a new admin key on the running local stack's database
+LSS_RUN    ?= $(TOP)/run
 admin-key:
-	tools/llmsafespace-admin init --db "host=$(TOP)/run/pg user=postgres dbname=llmsafespace" --force-new-key
+	tools/llmsafespace-admin init --db "host=$(LSS_RUN)/pg user=postgres dbname=llmsafespace" --force-new-key
 
 clean:
 	rm -rf $(BUILD)
