@@ -64,12 +64,16 @@ sub api {
 ok($t->wait_for(sub { $t->ready_count('python') >= 2 }, 120),
    'the warm pool fills') or diag($t->controller_log());
 
+# the workers' connections are up (slow to come under valgrind)
+$t->wait_for(sub { ($t->get('/api/v1/user', key => $alice)->{status} // 0)
+                   == 200 }, 30);
+
 ###############################################################################
 # create from the warm pool
 
 my ($st, $sb) = api('POST', '/sandboxes', $alice,
                     json => { runtime => 'python', labels => { t => 'j' } });
-is($st, 201, 'create answers 201');
+is($st, 201, 'create answers 201') or diag(explain($sb));
 like($sb->{id}, qr/^sb-[0-9a-z]{8,40}$/, 'with an unguessable id');
 is($sb->{phase}, 'Running', 'running at once');
 is($sb->{pool}, 'python', 'claimed from the warm pool');
