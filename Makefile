@@ -20,7 +20,8 @@ export TOP BUILD MODULE
 
 .PHONY: all module runner deps install uninstall test test-unit test-gateway \
         test-gateway-valgrind test-runner test-runtimes test-controller \
-        bench run stop admin-key clean controller rootfs-python stack
+        bench run stop admin-key clean controller rootfs-python stack \
+        test-e2e test-sdk
 
 all: module runner
 
@@ -61,14 +62,24 @@ install: $(MODULE)
 	    /usr/share/nginx/modules-available/mod-http-llmsafespace.conf
 	ln -sf /usr/share/nginx/modules-available/mod-http-llmsafespace.conf \
 	    /etc/nginx/modules-enabled/50-mod-http-llmsafespace.conf
+	install -D -m 0644 conf/llmsafespace-runner.conf \
+	    /etc/nginx/llmsafespace/runner.conf
+	install -D -m 0644 conf/profiles.json /etc/nginx/llmsafespace/profiles.json
+	install -D -m 0644 runtimes/index.json \
+	    /usr/share/llmsafespace/runtimes/index.json
+	install -D -m 0644 -t /usr/share/llmsafespace/contract \
+	    controller/contract/*.lua
 
 uninstall:
 	rm -f $(NGX_MODDIR)/ngx_http_llmsafespace_module.so \
 	    /usr/share/nginx/modules-available/mod-http-llmsafespace.conf \
-	    /etc/nginx/modules-enabled/50-mod-http-llmsafespace.conf
+	    /etc/nginx/modules-enabled/50-mod-http-llmsafespace.conf \
+	    /etc/nginx/llmsafespace/runner.conf \
+	    /etc/nginx/llmsafespace/profiles.json
+	rm -rf /usr/share/llmsafespace
 
 test: deps module test-unit test-gateway test-runner test-runtimes \
-      test-controller
+      test-controller test-e2e test-sdk
 
 # checks that need no server: seccomp profiles, descriptors, CRDs, bundles
 test-unit:
@@ -90,6 +101,15 @@ test-runtimes:
 
 test-controller:
 	$(MAKE) -C controller test
+
+# the sandbox API on the whole stack: nginx, Redis, PostgreSQL, the
+# controller and runc/runsc sandboxes (root; builds what it runs)
+test-e2e: $(MODULE) controller rootfs-python
+	prove -I t/lib t/e2e/
+
+# the Python SDK against a local stack of its own (sdk/python/tests)
+test-sdk: stack
+	$(MAKE) -C sdk/python test-sdk
 
 bench: $(MODULE)
 	bench/run.sh
