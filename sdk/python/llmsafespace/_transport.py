@@ -237,9 +237,9 @@ class Transport:
                 from e
         except (OSError, http.client.HTTPException) as e:
             conn.close()
+            why = str(e) or type(e).__name__
             raise errors.ServerUnavailableError(
-                "cannot reach %s: %s" % (self.api_url, e or type(e).__name__)) \
-                from e
+                "cannot reach %s: %s" % (self.api_url, why)) from e
         except BaseException:
             conn.close()
             raise

@@ -2,6 +2,7 @@
 files, packages, terminate."""
 
 import os
+import secrets
 import time
 import urllib.parse
 
@@ -324,8 +325,9 @@ class Sandbox:
     def upload_file(self, source, remote_path, timeout=None):
         """Upload ``source`` to ``remote_path`` (relative to the
         workspace; ``/workspace/...`` means the same). ``source`` is a
-        local path (streamed from disk), bytes / str, or a binary file
-        object (streamed; sent chunked when its size cannot be known).
+        local path (a str or a path object: the file is streamed from
+        disk), the content as bytes, or a binary file object (streamed;
+        sent chunked when its size cannot be known).
         The directory must exist (see :meth:`make_dir`); an existing file
         is replaced only once the upload is complete. Answers an
         :class:`UploadResult`."""
@@ -338,8 +340,6 @@ class Sandbox:
                                              body=f, headers=headers,
                                              timeout=timeout)
         else:
-            if isinstance(source, str):
-                source = source.encode("utf-8")
             if isinstance(source, (bytes, bytearray, memoryview)):
                 headers["Content-Length"] = str(len(source))
             else:
@@ -371,9 +371,12 @@ class Sandbox:
             if os.path.isdir(local_path):
                 name = os.path.basename(str(remote_path).rstrip("/"))
                 local_path = os.path.join(local_path, name)
-            tmp = "%s.part-%d" % (local_path, os.getpid())
+            # a name of its own per download ("x": created, never an
+            # existing file), so two downloads to one path never share
+            # it; the mode follows the umask like any new file
+            tmp = "%s.part-%s" % (local_path, secrets.token_hex(6))
             try:
-                with open(tmp, "wb") as out:
+                with open(tmp, "xb") as out:
                     for chunk in body.iter_chunks(_CHUNK):
                         out.write(chunk)
                 if body.length is not None and \

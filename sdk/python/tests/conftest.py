@@ -116,7 +116,7 @@ def other(stack, admin):
 @pytest.fixture(scope="module")
 def sandbox(user):
     """One warm sandbox of the user's, shared by a module's tests."""
-    sb = llmsafespace.Sandbox("python", client=user)
+    sb = llmsafespace.Sandbox("python", client=user, timeout=1800)
     yield sb
     try:
         sb.terminate()

@@ -45,7 +45,7 @@ def test_warm_pool_lifecycle(admin, unique):
     name = "sdk-" + unique
     pool = WarmPool.create(name, "python:3.11", min_size=1, max_size=2,
                            preload_packages=["json"],
-                           auto_scaling={"enabled": False})
+                           auto_scaling={"enabled": False}, client=admin)
     try:
         assert pool.id.startswith("wp-") and pool.name == name
         assert (pool.min_size, pool.max_size) == (1, 2)

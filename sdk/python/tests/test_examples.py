@@ -68,7 +68,7 @@ def test_langchain_tool_body(sandbox):
 
 def test_langchain_tool_needs_langchain(sandbox):
     try:
-        import langchain_core  # noqa: F401
+        __import__("langchain_core")
     except ImportError:
         with pytest.raises(ImportError):
             langchain_tool.make_tool(sandbox)

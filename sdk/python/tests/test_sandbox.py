@@ -93,12 +93,17 @@ def test_stream_with_interactive_stdin(sandbox):
             "    print(line.strip().upper(), flush=True)\n"
             "print('eof', file=sys.stderr)\n")
     seen = []
+    out = ""
     with sandbox.stream_code(code) as s:
         for ev in s:
             seen.append(ev)
-            if ev.type == "output" and ev.content == "ready\n":
+            if ev.type != "output" or ev.stream != "stdout":
+                continue
+            # output comes in pieces as written, not in lines
+            out += ev.content
+            if out == "ready\n":
                 s.send_stdin("one\n")
-            elif ev.type == "output" and ev.content == "ONE\n":
+            elif out == "ready\nONE\n":
                 s.send_stdin("two\n", eof=True)
     types = [e.type for e in seen]
     assert types[0] == "execution_start"
@@ -161,7 +166,7 @@ def test_files(sandbox, tmp_path):
     sandbox.make_dir("data/sub")  # exists: fine with parents
     up = sandbox.upload_file(b"alpha\n", "data/sub/a.txt")
     assert up.size == 6 and up.path.endswith("data/sub/a.txt")
-    sandbox.upload_file("beta", "/workspace/data/b.txt")
+    sandbox.upload_file(b"beta", "/workspace/data/b.txt")
     names = {f.name: f for f in sandbox.list_files("data")}
     assert set(names) == {"sub", "b.txt"}
     assert names["sub"].is_dir and not names["b.txt"].is_dir
@@ -322,8 +327,12 @@ def test_terminate_is_idempotent_and_can_wait(user):
 def test_cold_create_polls_until_running(user, monkeypatch):
     # the gateway does not hold the answer: 202, then the SDK polls
     monkeypatch.setattr(llmsafespace.sandbox, "_CREATE_WAIT_MAX", 0)
-    with Sandbox("python", client=user, use_warm_pool=False) as sb:
+    with Sandbox("python", client=user, use_warm_pool=False,
+                 resources={"memory": "256Mi",
+                            "ephemeral_storage": "512Mi"}) as sb:
         assert sb.phase == "Running" and not sb.info.pool
+        assert sb.info.resources == {"memory": "256Mi",
+                                     "ephemeralStorage": "512Mi"}
         assert sb.run_code("print('cold')").stdout == "cold\n"
 
 
