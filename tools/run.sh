@@ -16,6 +16,8 @@
 #   LSS_PORT=N            nginx's port on 127.0.0.1 (8080)
 #   LSS_READY_TIMEOUT=S   how long to wait for readiness (300 s)
 #   LSS_NO_BUILD=1        skip `make stack`
+#   LSS_CONF_IN=FILE      nginx template instead of conf/local.conf.in (the
+#                         end to end benchmark raises the rate limits)
 #
 # Root only: runc and runsc need it.  Starting an already running stack
 # is harmless: what runs is kept (a process whose binary was rebuilt is
@@ -240,7 +242,7 @@ fi
 # reload would keep the old one loaded)
 sed -e "s#@RUN@#$RUN#g" -e "s#@PORT@#$PORT#g" -e "s#@MODULE@#$MODULE#g" \
     -e "s#@USER@#$LSS_USER#g" -e "s#@TOP@#$TOP#g" \
-    "$TOP/conf/local.conf.in" > "$RUN/nginx/nginx.conf"
+    "${LSS_CONF_IN:-$TOP/conf/local.conf.in}" > "$RUN/nginx/nginx.conf"
 nginx -q -t -p "$RUN/nginx" -c "$RUN/nginx/nginx.conf"
 if pid=$(pid_of "$RUN/nginx/nginx.pid") \
         && grep -q "ngx_http_llmsafespace_module.so (deleted)" "/proc/$pid/maps"
