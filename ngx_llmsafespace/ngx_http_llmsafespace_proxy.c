@@ -49,6 +49,8 @@ static ngx_int_t ngx_http_llmsafespace_proxy_not_found(
 static ngx_int_t ngx_http_llmsafespace_proxy_not_running(
     ngx_http_request_t *r, ngx_str_t *id, const char *phase);
 static ngx_uint_t ngx_http_llmsafespace_runner_valid(redisReply *runner);
+static ngx_int_t ngx_http_llmsafespace_proxy_invalid(ngx_http_request_t *r,
+    ngx_str_t *id, const char *what);
 
 
 static ngx_http_llmsafespace_runner_route_t
@@ -339,13 +341,7 @@ ngx_http_llmsafespace_proxy_route(ngx_http_request_t *r,
     }
 
     if (expires < 0) {
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                      "llmsafespace: route of %V has an invalid expiry",
-                      &px->id);
-        return ngx_http_llmsafespace_send_error(r, NGX_HTTP_BAD_GATEWAY,
-                                                "unavailable",
-                                                "the sandbox's route is "
-                                                "invalid");
+        return ngx_http_llmsafespace_proxy_invalid(r, &px->id, "expiry");
     }
 
     if (expires != 0
@@ -356,29 +352,21 @@ ngx_http_llmsafespace_proxy_route(ngx_http_request_t *r,
                                                        "Terminating");
     }
 
-    if (!ngx_http_llmsafespace_runner_valid(runner)
-        || token->type != REDIS_REPLY_STRING
+    if (!ngx_http_llmsafespace_runner_valid(runner)) {
+        return ngx_http_llmsafespace_proxy_invalid(r, &px->id, "runner");
+    }
+
+    if (token->type != REDIS_REPLY_STRING
         || token->len != NGX_HTTP_LLMSAFESPACE_TOKEN_LEN)
     {
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                      "llmsafespace: route of %V is invalid", &px->id);
-        return ngx_http_llmsafespace_send_error(r, NGX_HTTP_BAD_GATEWAY,
-                                                "unavailable",
-                                                "the sandbox's route is "
-                                                "invalid");
+        return ngx_http_llmsafespace_proxy_invalid(r, &px->id, "token");
     }
 
     for (i = 0; i < token->len; i++) {
         if (!((token->str[i] >= '0' && token->str[i] <= '9')
               || (token->str[i] >= 'a' && token->str[i] <= 'f')))
         {
-            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                          "llmsafespace: route of %V has an invalid token",
-                          &px->id);
-            return ngx_http_llmsafespace_send_error(r, NGX_HTTP_BAD_GATEWAY,
-                                                    "unavailable",
-                                                    "the sandbox's route "
-                                                    "is invalid");
+            return ngx_http_llmsafespace_proxy_invalid(r, &px->id, "token");
         }
     }
 
@@ -491,6 +479,25 @@ ngx_http_llmsafespace_proxy_record(ngx_http_request_t *r,
     }
 
     return ngx_http_llmsafespace_proxy_not_running(r, &px->id, phase);
+}
+
+
+/* a damaged route is never followed: 502, and the operator is told */
+
+static ngx_int_t
+ngx_http_llmsafespace_proxy_invalid(ngx_http_request_t *r, ngx_str_t *id,
+    const char *what)
+{
+    ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                  "llmsafespace: route of %V has an invalid %s", id, what);
+
+    if (ngx_http_discard_request_body(r) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_llmsafespace_send_error(r, NGX_HTTP_BAD_GATEWAY,
+                                            "unavailable",
+                                            "the sandbox's route is invalid");
 }
 
 

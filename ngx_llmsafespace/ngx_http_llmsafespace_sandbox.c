@@ -70,6 +70,9 @@ typedef struct {
 
 static ngx_int_t ngx_http_llmsafespace_sandbox_init(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id, ngx_int_t *answered);
+static ngx_int_t ngx_http_llmsafespace_sandbox_query(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id, const char *sql,
+    ngx_http_llmsafespace_query_done_pt done);
 static ngx_int_t ngx_http_llmsafespace_create_validate(
     ngx_http_request_t *r, ngx_http_llmsafespace_ctx_t *ctx,
     ngx_http_llmsafespace_sandbox_t *sb);
@@ -1510,9 +1513,12 @@ ngx_http_llmsafespace_sandboxes_listed(ngx_http_request_t *r,
 }
 
 
-ngx_int_t
-ngx_http_llmsafespace_sandboxes_get(ngx_http_request_t *r,
-    ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id)
+/* a route on one sandbox of the caller's (any, for admins) */
+
+static ngx_int_t
+ngx_http_llmsafespace_sandbox_query(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id, const char *sql,
+    ngx_http_llmsafespace_query_done_pt done)
 {
     ngx_int_t                         rc;
     const char                       *values[3];
@@ -1528,10 +1534,17 @@ ngx_http_llmsafespace_sandboxes_get(ngx_http_request_t *r,
     values[1] = sb->owner;
     values[2] = sb->admin;
 
-    return ngx_http_llmsafespace_api_query(r, ctx,
-                                       ngx_http_llmsafespace_get_sql, 3,
-                                       values,
-                                       ngx_http_llmsafespace_sandboxes_got);
+    return ngx_http_llmsafespace_api_query(r, ctx, sql, 3, values, done);
+}
+
+
+ngx_int_t
+ngx_http_llmsafespace_sandboxes_get(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id)
+{
+    return ngx_http_llmsafespace_sandbox_query(r, ctx, id,
+                                               ngx_http_llmsafespace_get_sql,
+                                               ngx_http_llmsafespace_sandboxes_got);
 }
 
 
@@ -1552,23 +1565,9 @@ ngx_int_t
 ngx_http_llmsafespace_sandboxes_status(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id)
 {
-    ngx_int_t                         rc;
-    const char                       *values[3];
-    ngx_http_llmsafespace_sandbox_t  *sb;
-
-    if (ngx_http_llmsafespace_sandbox_init(r, ctx, id, &rc) != NGX_OK) {
-        return rc;
-    }
-
-    sb = ctx->sandbox;
-
-    values[0] = (const char *) sb->id;
-    values[1] = sb->owner;
-    values[2] = sb->admin;
-
-    return ngx_http_llmsafespace_api_query(r, ctx,
-                                  ngx_http_llmsafespace_get_sql, 3, values,
-                                  ngx_http_llmsafespace_sandboxes_status_got);
+    return ngx_http_llmsafespace_sandbox_query(r, ctx, id,
+                                               ngx_http_llmsafespace_get_sql,
+                                               ngx_http_llmsafespace_sandboxes_status_got);
 }
 
 
@@ -1622,24 +1621,9 @@ ngx_int_t
 ngx_http_llmsafespace_sandboxes_delete(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id)
 {
-    ngx_int_t                         rc;
-    const char                       *values[3];
-    ngx_http_llmsafespace_sandbox_t  *sb;
-
-    if (ngx_http_llmsafespace_sandbox_init(r, ctx, id, &rc) != NGX_OK) {
-        return rc;
-    }
-
-    sb = ctx->sandbox;
-
-    values[0] = (const char *) sb->id;
-    values[1] = sb->owner;
-    values[2] = sb->admin;
-
-    return ngx_http_llmsafespace_api_query(r, ctx,
-                                    ngx_http_llmsafespace_mark_sql, 3,
-                                    values,
-                                    ngx_http_llmsafespace_sandboxes_marked);
+    return ngx_http_llmsafespace_sandbox_query(r, ctx, id,
+                                               ngx_http_llmsafespace_mark_sql,
+                                               ngx_http_llmsafespace_sandboxes_marked);
 }
 
 
