@@ -24,7 +24,6 @@ TOP = os.path.dirname(os.path.dirname(SDK))
 
 # the SDK under test is this checkout's, not an installed copy
 sys.path.insert(0, SDK)
-sys.path.insert(0, TOP)  # examples/
 
 import llmsafespace  # noqa: E402
 
