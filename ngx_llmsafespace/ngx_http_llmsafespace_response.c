@@ -416,6 +416,14 @@ ngx_http_llmsafespace_error_header_filter(ngx_http_request_t *r)
     ngx_http_clear_last_modified(r);
     ngx_http_clear_etag(r);
 
+    /* nginx's own limit_req says 429 without saying when to come back */
+
+    if (r->err_status == NGX_HTTP_TOO_MANY_REQUESTS
+        && ngx_http_llmsafespace_add_header(r, "Retry-After", 1) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
     return ngx_http_next_header_filter(r);
 }
 

@@ -23,7 +23,11 @@
 #define NGX_HTTP_LLMSAFESPACE_TS(col)                                         \
     "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
 
-/* a record as the API shows it; a deletion in progress is "Terminating" */
+/*
+ * A record as the API shows it: a deletion in progress is "Terminating";
+ * a cold sandbox expires "timeout" after its creation, as the controller
+ * counts it.
+ */
 #define NGX_HTTP_LLMSAFESPACE_SANDBOX_COLUMNS                                 \
     "id, CASE WHEN delete_requested_at IS NOT NULL "                          \
     "AND phase NOT IN ('Terminated', 'Failed') THEN 'Terminating' "           \
@@ -31,7 +35,8 @@
     "resources::text, network_access::text, labels::text, pool, owner, "      \
     NGX_HTTP_LLMSAFESPACE_TS("created_at") ", "                               \
     NGX_HTTP_LLMSAFESPACE_TS("ready_at") ", "                                 \
-    NGX_HTTP_LLMSAFESPACE_TS("expires_at") ", "                               \
+    NGX_HTTP_LLMSAFESPACE_TS("coalesce(expires_at, CASE WHEN pool IS NULL " \
+        "THEN created_at + make_interval(secs => timeout_s) END)") ", "       \
     NGX_HTTP_LLMSAFESPACE_TS("terminated_at") ", "                            \
     NGX_HTTP_LLMSAFESPACE_TS("updated_at")
 

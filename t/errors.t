@@ -28,6 +28,9 @@ http {
 
     large_client_header_buffers 2 1k;
 
+    limit_req_zone $binary_remote_addr zone=perip:1m rate=1r/m;
+    limit_req_status 429;
+
     server {
         listen 127.0.0.1:%%PORT_8080%%;
 
@@ -37,6 +40,11 @@ http {
         location /api/v1/ {
             llmsafespace_api;
             client_max_body_size 1k;
+        }
+
+        location /api/v1/limited/ {
+            llmsafespace_api;
+            limit_req zone=perip;
         }
     }
 
@@ -144,6 +152,13 @@ is_api_error($r, $r->{status}, undef, 'request line too long: JSON');
 $r = parse($t->http("GET /api/v1/user HTTP/1.1\r\nHost: localhost\r\n"
     . "Connection: close\r\nContent-Length: abc\r\n\r\n"));
 is_api_error($r, 400, 'bad_request', 'invalid Content-Length: 400');
+
+# nginx's own limit_req: JSON too, and when to come back
+
+$t->get('/api/v1/limited/x', key => $user->{key});
+$r = $t->get('/api/v1/limited/x', key => $user->{key});
+is_api_error($r, 429, 'rate_limited', 'limit_req refusal');
+is($r->{headers}{'retry-after'}, '1', 'with Retry-After');
 
 # outside the API nginx keeps its HTML pages
 
