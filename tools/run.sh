@@ -165,7 +165,9 @@ fi
 # The nginx workers' user, unprivileged; the controller gives the
 # runners' sockets to its group (--socket-group).
 if ! id -u "$LSS_USER" >/dev/null 2>&1; then
-    useradd --system --user-group --no-create-home --home-dir /nonexistent \
+    # the group may exist already (the end-to-end tests create it)
+    getent group "$LSS_USER" >/dev/null || groupadd --system "$LSS_USER"
+    useradd --system --gid "$LSS_USER" --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin "$LSS_USER"
     log "created the system user $LSS_USER (the gateway's workers)"
 fi
