@@ -189,6 +189,7 @@ int lsc_pg_set_slot(lsc_ctx_t *ctx, lsc_sandbox_t *sb);
 int lsc_pg_insert_pool_pod(lsc_ctx_t *ctx, lsc_pool_t *pool);
 int lsc_pg_insert_request(lsc_ctx_t *ctx, json_t *req);
 int lsc_pg_request_delete(lsc_ctx_t *ctx, const char *id);
+int lsc_pg_fresh(lsc_ctx_t *ctx, lsc_sandbox_t *sb);
 int lsc_pg_record_claim(lsc_ctx_t *ctx, lsc_sandbox_t *sb, const char *owner,
     int64_t expires_ms);
 int lsc_pg_event(lsc_ctx_t *ctx, const char *id, const char *phase,

@@ -431,6 +431,34 @@ lsc_pg_insert_request(lsc_ctx_t *ctx, json_t *req)
 }
 
 
+/*
+ * The record as it is now, for a decision the tick's snapshot is too old
+ * for: 1 and the owner copied when it is still Running and not asked to
+ * be deleted, 0 when not, -1 when PostgreSQL cannot say.
+ */
+int
+lsc_pg_fresh(lsc_ctx_t *ctx, lsc_sandbox_t *sb)
+{
+    PGresult    *r;
+    const char  *p[1];
+    int          rc;
+
+    p[0] = sb->id;
+    r = lsc_pg_query(ctx,
+        "SELECT coalesce(owner, '') FROM sandboxes WHERE id = $1"
+        " AND phase = 'Running' AND delete_requested_at IS NULL", 1, p);
+    if (r == NULL) {
+        return -1;
+    }
+    rc = PQntuples(r) == 1;
+    if (rc) {
+        lsc_copy(sb->owner, sizeof(sb->owner), PQgetvalue(r, 0, 0));
+    }
+    PQclear(r);
+    return rc;
+}
+
+
 int
 lsc_pg_request_delete(lsc_ctx_t *ctx, const char *id)
 {

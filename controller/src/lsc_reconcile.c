@@ -218,8 +218,19 @@ lsc_routes(lsc_ctx_t *ctx, int64_t now)
     for (i = 0; i < n; i++) {
         sb = run[i];
         if (!exists[i] || (owners[i][0] == '\0' && sb->owner[0] != '\0')) {
-            /* Redis lost it (restart, flush) or a crash came between
-             * the container's readiness and its record: restore */
+            /*
+             * Redis lost it (restart, flush) or a crash came between
+             * the container's readiness and its record: restore.  But
+             * the records were read before the routes: the gateway may
+             * have claimed the sandbox and deleted it since, and it
+             * writes PostgreSQL before it removes a route.  Read the
+             * record again, after the route was seen missing, so a
+             * deleted sandbox is never listed as ready again (it would
+             * be handed to the next claimer, whoever that is).
+             */
+            if (lsc_pg_fresh(ctx, sb) != 1) {
+                continue;
+            }
             rc = lsc_redis_publish(ctx, sb, 0);
             if (rc == 1) {
                 lsc_log("info", "%s: route restored", sb->id);
