@@ -1277,3 +1277,66 @@ sub close {
 }
 
 1;
+
+###############################################################################
+# OpenAPI: real responses against docs/openapi.yaml (t/lib/openapi_check.py)
+
+package LSS::Test;
+
+push @EXPORT, qw/ openapi_ok openapi_schema_ok /;
+
+our $OPENAPI = $ENV{LSS_TEST_OPENAPI} // "$TOP/docs/openapi.yaml";
+
+# openapi_ok($method, $path, $status, $body, $name): one test, passing when
+# the body is what the document says the operation answers with $status
+# ($path as requested, /api/v1 and query string included)
+
+sub openapi_ok {
+    my ($method, $path, $status, $body, $name) = @_;
+    return _openapi_check([ $method, $path, $status ], $body,
+        $name // "openapi: $method $path $status");
+}
+
+# openapi_schema_ok($schema, $body, $name): against components/schemas/NAME
+# (e.g. StreamServerMessage for a WebSocket message)
+
+sub openapi_schema_ok {
+    my ($schema, $body, $name) = @_;
+    return _openapi_check([ '--schema', $schema ], $body,
+        $name // "openapi: $schema");
+}
+
+sub _openapi_check {
+    my ($args, $body, $name) = @_;
+
+    my $file = File::Temp->new(TEMPLATE => 'lss-openapi-XXXXXXXX',
+        TMPDIR => 1);
+    binmode $file;
+    print $file $body // '';
+    close $file;
+
+    my $out = File::Temp->new(TEMPLATE => 'lss-openapi-XXXXXXXX',
+        TMPDIR => 1);
+
+    my $pid = fork() // die "fork: $!\n";
+
+    if ($pid == 0) {
+        open STDIN, '<', '/dev/null';
+        open STDOUT, '>', $out->filename;
+        open STDERR, '>&', \*STDOUT;
+        exec('/usr/bin/python3', "$TOP/t/lib/openapi_check.py", $OPENAPI,
+            @$args, $file->filename) or POSIX::_exit(127);
+    }
+
+    waitpid($pid, 0);
+    my $rc = $? >> 8;
+    my $said = do { local $/; open my $fh, '<', $out->filename; <$fh> };
+
+    local $Test::Builder::Level = $Test::Builder::Level + 2;
+    my $ok = Test::More::ok($rc == 0, $name);
+    Test::More::diag($said // "openapi_check.py exited with $rc") if !$ok;
+
+    return $ok;
+}
+
+1;
