@@ -304,11 +304,11 @@ http {
 }
 """
 
-# the proxy settings of conf/llmsafespace-runner.conf that touch an
-# execute, with the route's socket and token written in
+# the proxy settings of conf/llmsafespace-runner.conf that touch these
+# requests, with the route's socket and token written in
 BARE_LOCATION = """
-        location = /sb/%(id)s/execute {
-            proxy_pass http://unix:%(sock)s:/execute;
+        location = /sb/%(id)s/%(what)s {
+            proxy_pass http://unix:%(sock)s:/%(what)s;
             proxy_http_version 1.1;
             proxy_pass_request_headers off;
             proxy_set_header Host sandbox;
@@ -326,9 +326,11 @@ local paths = {}
 for p in string.gmatch(os.getenv("LSS_BENCH_PATHS"), "%S+") do
     paths[#paths + 1] = p
 end
-wrk.method = "POST"
-wrk.body = '{"type":"code","language":"python","content":"print(1)"}'
-wrk.headers["Content-Type"] = "application/json"
+if os.getenv("LSS_BENCH_METHOD") == "POST" then
+    wrk.method = "POST"
+    wrk.body = '{"type":"code","language":"python","content":"print(1)"}'
+    wrk.headers["Content-Type"] = "application/json"
+end
 if key and key ~= "" then
     wrk.headers["Authorization"] = "Bearer " .. key
 end
@@ -337,14 +339,35 @@ function request()
     i = i + 1
     return wrk.format(nil, paths[(i % #paths) + 1])
 end
+-- answers other than 2xx, by status (each thread keeps its own)
+local threads = {}
+function setup(thread)
+    table.insert(threads, thread)
+end
+codes = {}
+function response(status, headers, body)
+    if status >= 300 then
+        codes[status] = (codes[status] or 0) + 1
+    end
+end
+-- status: answers other than 2xx/3xx; timeout: none within wrk's 2 s
 function done(summary, latency, requests)
-    local bad = summary.errors.status + summary.errors.connect
-        + summary.errors.read + summary.errors.write + summary.errors.timeout
-    io.write(string.format("RESULT %.1f %d %d %d\n",
+    local e = summary.errors
+    io.write(string.format("RESULT %.1f %d %d %d %d %d\n",
         summary.requests / (summary.duration / 1e6),
-        latency:percentile(50), latency:percentile(99), bad))
+        latency:percentile(50), latency:percentile(99), e.status,
+        e.timeout, e.connect + e.read + e.write))
+    for _, t in ipairs(threads) do
+        for status, n in pairs(t:get("codes")) do
+            io.write(string.format("STATUS %d %d\n", status, n))
+        end
+    end
 end
 """
+
+
+# non-2xx answers seen under load, by status, all loads together
+STATUSES = {}
 
 
 def free_port():
@@ -355,60 +378,92 @@ def free_port():
     return port
 
 
-def wrk(port, paths, key, args, duration):
+def wrk(port, paths, key, args, duration, method):
     env = dict(os.environ, LSS_BENCH_PATHS=" ".join(paths),
-               LSS_BENCH_KEY=key or "")
+               LSS_BENCH_KEY=key or "", LSS_BENCH_METHOD=method)
     r = subprocess.run(["wrk", "-t1", "-c%d" % args.connections,
                         "-d%ds" % duration, "-s", args.lua,
                         "http://127.0.0.1:%d/" % port],
                        env=env, capture_output=True, text=True,
                        timeout=duration + 60)
     for line in r.stdout.splitlines():
+        if line.startswith("STATUS"):
+            _, code, n = line.split()
+            STATUSES[code] = STATUSES.get(code, 0) + int(n)
+    for line in r.stdout.splitlines():
         if line.startswith("RESULT"):
-            rps, p50, p99, bad = line.split()[1:]
-            return float(rps), int(p50) / 1e6, int(p99) / 1e6, int(bad)
+            v = line.split()[1:]
+            return (float(v[0]), int(v[1]) / 1e6, int(v[2]) / 1e6,
+                    int(v[3]), int(v[4]), int(v[5]))
     raise RuntimeError("wrk: %s %s" % (r.stdout, r.stderr))
 
 
-def bench_throughput(st, args, sids, workdir):
+def start_bare(st, sids, workdir):
+    """A stock nginx (no module) proxying to the same runners: port."""
     d = os.path.join(workdir, "bare")
     os.mkdir(d)
     locs = []
     for sid in sids:
         sock, token = st.route(sid)
-        locs.append(BARE_LOCATION % {"id": sid, "sock": sock,
-                                     "token": token})
+        for what in ("execute", "files"):
+            locs.append(BARE_LOCATION % {"id": sid, "sock": sock,
+                                         "token": token, "what": what})
     port = free_port()
     with open(os.path.join(d, "nginx.conf"), "w") as f:
         f.write(BARE_CONF % {"user": WORKER_USER, "dir": d, "port": port,
                              "locations": "".join(locs)})
-    args.lua = os.path.join(workdir, "execute.lua")
-    with open(args.lua, "w") as f:
-        f.write(WRK_LUA)
     subprocess.run(["nginx", "-p", d, "-c", os.path.join(d, "nginx.conf")],
                    check=True)
+    return port, d
+
+
+# the two loads: a runner-bound one (every request forks an execution)
+# and a gateway-bound one (a directory listing the runner answers from
+# its own process), so the gateway's share shows in one of them
+LOADS = (("execute print(1)", "POST", "/api/v1/sandboxes/%s/execute",
+          "/sb/%s/execute"),
+         ("GET files?path=/", "GET", "/api/v1/sandboxes/%s/files?path=/",
+          "/sb/%s/files?path=/"))
+
+
+def bench_throughput(st, args, sids, workdir):
+    """{load name: (gateway rounds, bare rounds)}"""
+    port, d = start_bare(st, sids, workdir)
+    args.lua = os.path.join(workdir, "load.lua")
+    with open(args.lua, "w") as f:
+        f.write(WRK_LUA)
+    out = {}
     try:
-        gw_paths = ["/api/v1/sandboxes/%s/execute" % s for s in sids]
-        bare_paths = ["/sb/%s/execute" % s for s in sids]
         # one request each way must work before anything is timed
-        for p in bare_paths:
-            c = Client(http.client.HTTPConnection("127.0.0.1", port), {})
-            c.timed_execute(p)
-        wrk(st.port, gw_paths, st.key, args, 1)
-        wrk(port, bare_paths, None, args, 1)
-        a, b = [], []
-        for rnd in range(args.rounds):
-            if rnd % 2 == 0:
-                a.append(wrk(st.port, gw_paths, st.key, args, args.duration))
-                b.append(wrk(port, bare_paths, None, args, args.duration))
-            else:
-                b.append(wrk(port, bare_paths, None, args, args.duration))
-                a.append(wrk(st.port, gw_paths, st.key, args, args.duration))
-            print("round %d/%d: gateway %.0f req/s (%d errors), bare %.0f "
-                  "req/s (%d errors)" % (rnd + 1, args.rounds, a[-1][0],
-                                         a[-1][3], b[-1][0], b[-1][3]),
-                  file=sys.stderr)
-        return a, b
+        c = Client(http.client.HTTPConnection("127.0.0.1", port), {})
+        for sid in sids:
+            c.timed_execute("/sb/%s/execute" % sid)
+            status, doc = c.call("GET", "/sb/%s/files?path=/" % sid)
+            if status != 200 or not isinstance(doc, list):
+                raise RuntimeError("bare files: %d %s" % (status, doc))
+        for name, method, gw_fmt, bare_fmt in LOADS:
+            gw = [gw_fmt % s for s in sids]
+            bare = [bare_fmt % s for s in sids]
+            wrk(st.port, gw, st.key, args, 1, method)
+            wrk(port, bare, None, args, 1, method)
+            a, b = [], []
+            for rnd in range(args.rounds):
+                if rnd % 2 == 0:
+                    a.append(wrk(st.port, gw, st.key, args, args.duration,
+                                 method))
+                    b.append(wrk(port, bare, None, args, args.duration,
+                                 method))
+                else:
+                    b.append(wrk(port, bare, None, args, args.duration,
+                                 method))
+                    a.append(wrk(st.port, gw, st.key, args, args.duration,
+                                 method))
+                print("%s round %d/%d: gateway %.0f req/s, bare %.0f req/s "
+                      "(errors: status, timeout, socket: %s / %s)"
+                      % (name, rnd + 1, args.rounds, a[-1][0], b[-1][0],
+                         a[-1][3:], b[-1][3:]), file=sys.stderr)
+            out[name] = (a, b)
+        return out
     finally:
         subprocess.run(["nginx", "-p", d, "-c", os.path.join(d, "nginx.conf"),
                         "-s", "stop"], capture_output=True)
@@ -465,7 +520,7 @@ def main():
         print("throughput: %d sandboxes, %d connections, %d rounds x %ds"
               % (len(sids), args.connections, args.rounds, args.duration),
               file=sys.stderr)
-        ta, tb = bench_throughput(st, args, sids, workdir)
+        loads = bench_throughput(st, args, sids, workdir)
     finally:
         for s in sids:
             try:
@@ -495,20 +550,32 @@ def main():
     # throughput: medians over rounds; the ratio is the median of the
     # per-round ratios (A and B ran back to back)
     med = statistics.median
-    ratio = med([x[0] / y[0] for x, y in zip(ta, tb)])
-    print("| execute throughput, %d sandboxes, wrk -c%d: req/s | %.0f | | "
-          "bare nginx proxy_pass to the same runners | %.0f | | %.3f |"
-          % (len(sids), args.connections, med([x[0] for x in ta]),
-             med([y[0] for y in tb]), ratio))
-    print("| same: wrk latency | %.2f | %.2f | bare nginx | %.2f | %.2f "
-          "| %.3f |"
-          % (med([x[1] for x in ta]) * ms, med([x[2] for x in ta]) * ms,
-             med([y[1] for y in tb]) * ms, med([y[2] for y in tb]) * ms,
-             med([x[1] for x in ta]) / med([y[1] for y in tb])))
-    errors = sum(x[3] for x in ta) + sum(y[3] for y in tb)
-    if errors:
-        print("\n%d failed requests under load (non-2xx or socket errors)"
-              % errors)
+    notes = []
+    for name, _, _, _ in LOADS:
+        ta, tb = loads[name]
+        ratio = med([x[0] / y[0] for x, y in zip(ta, tb)])
+        print("| throughput, %s, %d sandboxes, wrk -c%d: req/s | %.0f | | "
+              "bare nginx proxy_pass to the same runners | %.0f | | %.3f |"
+              % (name, len(sids), args.connections, med([x[0] for x in ta]),
+                 med([y[0] for y in tb]), ratio))
+        print("| same: wrk latency | %.2f | %.2f | bare nginx | %.2f | %.2f "
+              "| %.3f |"
+              % (med([x[1] for x in ta]) * ms, med([x[2] for x in ta]) * ms,
+                 med([y[1] for y in tb]) * ms, med([y[2] for y in tb]) * ms,
+                 med([x[1] for x in ta]) / med([y[1] for y in tb])))
+        for side, rounds in (("gateway", ta), ("bare", tb)):
+            e = [sum(x[k] for x in rounds) for k in (3, 4, 5)]
+            if sum(e):
+                notes.append("%s, %s: %d non-2xx answers, %d timeouts "
+                             "(wrk: 2 s), %d socket errors"
+                             % (name, side, e[0], e[1], e[2]))
+    if STATUSES:
+        notes.append("non-2xx by status: " + ", ".join(
+            "%s: %d" % kv for kv in sorted(STATUSES.items())))
+    if notes:
+        print()
+        for n in notes:
+            print(n)
 
 
 if __name__ == "__main__":
