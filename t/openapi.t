@@ -38,6 +38,10 @@ my $pool = '{"id": "wp-0123456789abcdef", "name": "py", "runtime": "p",'
     . ' "createdAt": "2026-01-01T00:00:00Z", "updatedAt":'
     . ' "2026-01-01T00:00:00Z"}';
 
+my $lint = `/usr/bin/python3 $CHECK $LSS::Test::OPENAPI --lint 2>&1`;
+is($? >> 8, 0, 'the document lints: refs resolve, schemas valid, path '
+    . 'parameters declared, operationIds unique') or diag($lint);
+
 my ($rc, $out) = check('GET', '/api/v1/warmpools/py', 200, $pool);
 is($rc, 0, 'checker: a valid pool passes') or diag($out);
 

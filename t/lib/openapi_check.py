@@ -3,6 +3,7 @@
 
     openapi_check.py SPEC METHOD PATH STATUS BODYFILE
     openapi_check.py SPEC --schema NAME BODYFILE
+    openapi_check.py SPEC --lint
 
 The first form finds the operation of METHOD and PATH (the request path as
 sent: the servers' base path and the query string are taken off, path
@@ -11,7 +12,9 @@ nothing else matches), then the response of STATUS (the code, its NXX
 range, the document's "x-default-responses" for what the gateway answers on
 any route, or "default"), and validates the JSON body in BODYFILE against
 its schema.  The second form validates against components/schemas/NAME
-(WebSocket messages, for one).
+(WebSocket messages, for one).  The third checks the document itself:
+every $ref resolves, every schema is valid, every path template's
+parameters are declared "in: path", operationIds are unique.
 
 Exit status: 0 the body is valid (or the response documents a body that is
 not JSON, which is not checked), 1 it is not (each problem on stderr, with
@@ -248,8 +251,67 @@ def check_response(spec, method, path, status, body):
     return check_body(spec, schema, body, what)
 
 
+def lint(spec):
+    """the document's own mistakes, one line each"""
+    problems = []
+
+    def refs(node, where):
+        if isinstance(node, dict):
+            if "$ref" in node:
+                try:
+                    resolve(spec, node)
+                except CannotCheck as e:
+                    problems.append("%s: %s" % (where, e))
+            for k, v in node.items():
+                refs(v, where + "/" + str(k))
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                refs(v, "%s/%d" % (where, i))
+
+    refs(spec, "#")
+
+    try:
+        validator(spec, {})
+    except CannotCheck as e:
+        problems.append(str(e))
+
+    ids = {}
+    for template, item in (spec.get("paths") or {}).items():
+        wanted = set(re.findall(r"\{([^}]+)\}", template))
+        common = item.get("parameters") or []
+        for method in METHODS:
+            op = item.get(method)
+            if op is None:
+                continue
+            where = "%s %s" % (method.upper(), template)
+            declared = set()
+            for p in common + (op.get("parameters") or []):
+                p = resolve(spec, p)
+                if p.get("in") == "path":
+                    declared.add(p.get("name"))
+            for name in sorted(wanted ^ declared):
+                problems.append("%s: path parameter %s %s" % (
+                    where, name, "undeclared" if name in wanted
+                    else "not in the path"))
+            oid = op.get("operationId")
+            if oid in ids:
+                problems.append("%s: operationId %s also on %s"
+                                % (where, oid, ids[oid]))
+            ids[oid] = where
+            if not op.get("responses"):
+                problems.append("%s: no responses" % where)
+
+    for p in problems:
+        print("openapi_check: %s" % p, file=sys.stderr)
+
+    return 1 if problems else 0
+
+
 def main(argv):
     try:
+        if len(argv) == 3 and argv[2] == "--lint":
+            return lint(load_spec(argv[1]))
+
         if len(argv) == 5 and argv[2] == "--schema":
             spec = load_spec(argv[1])
             name = argv[3]
