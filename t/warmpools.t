@@ -97,7 +97,8 @@ is_error(api('GET', '/warmpools', key => undef), 401, 'unauthorized',
 ###############################################################################
 # create
 
-my $r = api('POST', '/warmpools', json => { name => 'py', runtime => 'python' });
+my $r = api('POST', '/warmpools',
+    json => { name => 'py', runtime => 'python' });
 is($r->{status}, 201, 'POST /warmpools with a name and a runtime: 201');
 
 my $py = $r->{json} // {};
@@ -327,7 +328,8 @@ is_deeply(api('GET', '/warmpools/py')->{json}{status}, $status,
 # patch
 
 $r = api('PATCH', '/warmpools/py', json => { minSize => 2, maxSize => 5,
-    preloadPackages => [ 'numpy' ], autoScaling => { enabled => JSON::XS::true } });
+    preloadPackages => [ 'numpy' ],
+    autoScaling => { enabled => JSON::XS::true } });
 is($r->{status}, 200, 'PATCH sizes, packages and autoScaling.enabled');
 is_deeply([ @{$r->{json}}{qw/ id minSize maxSize preloadPackages /} ],
     [ $py->{id}, 2, 5, [ 'numpy' ] ], '  changed');
