@@ -54,6 +54,11 @@ sub api {
     my $r = $t->request($method, "/api/v1$path", key => $key,
                         timeout => 120, %o);
     my $body = eval { $json->decode($r->{body}) };
+
+    # every JSON answer is what docs/openapi.yaml says it is
+    openapi_ok($method, "/api/v1$path", $r->{status}, $r->{body})
+        if ($r->{headers}{'content-type'} // '') =~ m!^application/json!;
+
     return ($r->{status}, $body, $r);
 }
 
