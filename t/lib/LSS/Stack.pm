@@ -163,6 +163,8 @@ sub controller_cleanup {
 package LSS::Stack;
 
 END {
+    # keep the test's exit status: the clean-up's commands would set $?
+    local $?;
     $_->controller_cleanup() for @stacks;
 }
 
