@@ -49,7 +49,6 @@ static const char  lss_py_helpers_src[] =
 
 static int lss_py_exec(const char *code, int in_context);
 static int lss_py_prepare(json_t *req);
-static char *lss_read_fd(int fd);
 
 
 int
@@ -344,41 +343,4 @@ lss_py_exec(const char *code, int in_context)
     Py_XDECREF(tb);
 
     return rc;
-}
-
-
-/* the whole content of a descriptor (a memfd or a regular file) */
-static char *
-lss_read_fd(int fd)
-{
-    char        *buf;
-    ssize_t      n;
-    size_t       len;
-    struct stat  st;
-
-    if (fstat(fd, &st) != 0 || st.st_size < 0
-        || st.st_size > 64 * 1024 * 1024)
-    {
-        return NULL;
-    }
-
-    buf = malloc((size_t) st.st_size + 1);
-    if (buf == NULL) {
-        return NULL;
-    }
-
-    len = 0;
-    while (len < (size_t) st.st_size) {
-        n = pread(fd, buf + len, (size_t) st.st_size - len, (off_t) len);
-        if (n <= 0) {
-            if (n < 0 && errno == EINTR) {
-                continue;
-            }
-            break;
-        }
-        len += (size_t) n;
-    }
-    buf[len] = '\0';
-
-    return buf;
 }

@@ -59,10 +59,14 @@ lss_worker(int sock, int python)
 
     prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
 
-    /* the interpreter's after-fork work is done while idle, not on the path */
+    /*
+     * The interpreter's after-fork work and the request-independent part
+     * of the confinement are done while idle, not on an execution's path.
+     */
     if (python) {
         lss_py_after_fork();
     }
+    lss_confine_early();
 
     n = lss_fd_recv(sock, rfds, 5);
     if (n < 4) {

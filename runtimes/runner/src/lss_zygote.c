@@ -88,6 +88,12 @@ main(int argc, char **argv)
     }
     umask(022);
 
+    /*
+     * jansson draws its hash seed from /dev/urandom on first use: once
+     * here rather than in every worker (requests come from the runner).
+     */
+    json_object_seed(0);
+
     if (lss_seccomp_init() != 0) {
         fprintf(stderr, "zygote: cannot build the seccomp filter\n");
         return 1;
@@ -200,20 +206,58 @@ lss_zygote_idle(int *idle, int python, int sfd)
 }
 
 
+/* the whole content of a descriptor (a memfd or a regular file) */
+char *
+lss_read_fd(int fd)
+{
+    char        *buf;
+    ssize_t      n;
+    size_t       len;
+    struct stat  st;
+
+    if (fstat(fd, &st) != 0 || st.st_size < 0
+        || st.st_size > 64 * 1024 * 1024)
+    {
+        return NULL;
+    }
+
+    buf = malloc((size_t) st.st_size + 1);
+    if (buf == NULL) {
+        return NULL;
+    }
+
+    len = 0;
+    while (len < (size_t) st.st_size) {
+        n = pread(fd, buf + len, (size_t) st.st_size - len, (off_t) len);
+        if (n <= 0) {
+            if (n < 0 && errno == EINTR) {
+                continue;
+            }
+            break;
+        }
+        len += (size_t) n;
+    }
+    buf[len] = '\0';
+
+    return buf;
+}
+
+
+/* the request is a memfd: no stdio, no dup */
 json_t *
 lss_request_read(int fd)
 {
-    FILE          *f;
+    char          *buf;
     json_t        *req;
     json_error_t   err;
 
-    f = fdopen(dup(fd), "re");
-    if (f == NULL) {
+    buf = lss_read_fd(fd);
+    if (buf == NULL) {
         return NULL;
     }
-    rewind(f);
-    req = json_loadf(f, 0, &err);
-    fclose(f);
+
+    req = json_loads(buf, 0, &err);
+    free(buf);
 
     if (req == NULL) {
         fprintf(stderr, "zygote: bad request: %s\n", err.text);

@@ -14,6 +14,7 @@
 #include <jansson.h>
 
 /* lss_confine.c */
+void lss_confine_early(void);
 int lss_confine(json_t *req, int *fds);
 int lss_seccomp_init(void);
 char **lss_env_build(json_t *req);
@@ -27,6 +28,7 @@ void lss_exec_argv(json_t *req) __attribute__((noreturn));
 
 /* lss_zygote.c */
 json_t *lss_request_read(int fd);
+char *lss_read_fd(int fd);
 
 /* lss_python.c */
 int lss_py_init(const char *packages, char **scripts, int nscripts);
