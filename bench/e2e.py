@@ -108,8 +108,18 @@ class Client:
         if body is not None:
             data = json.dumps(body).encode()
             h["Content-Type"] = "application/json"
-        self.conn.request(method, path, body=data, headers=h)
-        r = self.conn.getresponse()
+        try:
+            self.conn.request(method, path, body=data, headers=h)
+            r = self.conn.getresponse()
+        except (http.client.RemoteDisconnected, BrokenPipeError):
+            # a keep-alive connection the server closed while idle (the
+            # throughput phase is longer than keepalive_timeout); only
+            # requests that may be repeated are
+            if method not in ("GET", "DELETE"):
+                raise
+            self.conn.close()
+            self.conn.request(method, path, body=data, headers=h)
+            r = self.conn.getresponse()
         payload = r.read()
         try:
             doc = json.loads(payload) if payload else None
