@@ -48,18 +48,23 @@ lss_fd_send(int sock, const int *fds, int n)
 }
 
 
-/* returns the number of descriptors, 0 at EOF, -1 on error */
+/*
+ * One message: its byte in *c and up to max descriptors in fds (extra
+ * ones are closed), their number in *nfds.  Returns 1, 0 at EOF, -1 on
+ * error.
+ */
 int
-lss_fd_recv(int sock, int *fds, int max)
+lss_msg_recv(int sock, char *c, int *fds, int max, int *nfds)
 {
     int             n, nfd, i, extra[LSS_FDPASS_MAX];
-    char            c, cbuf[CMSG_SPACE(LSS_FDPASS_MAX * sizeof(int))];
+    char            cbuf[CMSG_SPACE(LSS_FDPASS_MAX * sizeof(int))];
     struct iovec    iov;
     struct msghdr   msg;
     struct cmsghdr *cm;
 
+    *nfds = 0;
     memset(&msg, 0, sizeof(msg));
-    iov.iov_base = &c;
+    iov.iov_base = c;
     iov.iov_len = 1;
     msg.msg_iov = &iov;
     msg.msg_iovlen = 1;
@@ -92,7 +97,26 @@ lss_fd_recv(int sock, int *fds, int max)
         }
         nfd = max;
     }
-    memcpy(fds, extra, nfd * sizeof(int));
+    if (nfd > 0) {
+        memcpy(fds, extra, nfd * sizeof(int));
+    }
+    *nfds = nfd;
+
+    return 1;
+}
+
+
+/* returns the number of descriptors, 0 at EOF, -1 on error */
+int
+lss_fd_recv(int sock, int *fds, int max)
+{
+    int   n, nfd;
+    char  c;
+
+    n = lss_msg_recv(sock, &c, fds, max, &nfd);
+    if (n <= 0) {
+        return n;
+    }
 
     if (nfd == 0) {
         errno = EPROTO;

@@ -10,5 +10,6 @@
 
 int lss_fd_send(int sock, const int *fds, int n);
 int lss_fd_recv(int sock, int *fds, int max);
+int lss_msg_recv(int sock, char *c, int *fds, int max, int *nfds);
 
 #endif /* LSS_FDPASS_H */

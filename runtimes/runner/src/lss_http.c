@@ -332,6 +332,13 @@ lss_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     free(r->body);
     free(r);
     *con_cls = NULL;
+
+    /*
+     * The answer is out: now the zygotes may replace the spares this
+     * request took (an execution, a context, the fs helper) without
+     * slowing the answer down.
+     */
+    lss_zygotes_refill();
 }
 
 

@@ -1,12 +1,17 @@
 /*
  * The private protocol between the runner and its zygotes.
  *
- * A request is one SOCK_SEQPACKET message on the zygote socket that
- * carries only file descriptors (SCM_RIGHTS): a sealed memfd holding the
- * request as JSON, then the execution's stdin, stdout and stderr, the
- * control socket of the execution and an optional extra descriptor that
- * becomes fd 3 of the worker.  Passing the request in a memfd keeps the
- * message small whatever the size of the code.
+ * The zygote socket (SOCK_SEQPACKET) carries one-byte messages: 'R'
+ * from the zygote once it is ready; 'N' from the runner asking for a
+ * spare, answered with a message carrying the socket of a new idle
+ * shepherd (SCM_RIGHTS), or 'E' when the fork failed.
+ *
+ * A request is one message on a spare shepherd's socket that carries
+ * only file descriptors: a memfd holding the request as JSON, then the
+ * execution's stdin, stdout and stderr, the control socket of the
+ * execution and an optional extra descriptor that becomes fd 3 of the
+ * worker.  Passing the request in a memfd keeps the message small
+ * whatever the size of the code.
  *
  * The shepherd of an execution answers on the control socket with one
  * lss_result_t once the worker and every descendant are dead.  Any byte

@@ -88,6 +88,7 @@ typedef enum {
 int lss_zygotes_start(void);
 int lss_zygotes_ready(void);
 int lss_zygote_send(lss_zygote_kind_t kind, int *fds, int nfds);
+void lss_zygotes_refill(void);
 void lss_reap_children(void);
 
 

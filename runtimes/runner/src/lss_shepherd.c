@@ -133,8 +133,9 @@ lss_exec_argv(json_t *req)
 
 /*
  * Fork an idle shepherd and its idle worker.  The shepherd waits on
- * *sock for the execution's descriptors, hands the stdio to the worker
- * and supervises.  close_fds are the zygote's own, closed in the child.
+ * *sock (given to the runner) for the execution's descriptors, hands the
+ * stdio to the worker and supervises.  close1 and close2 are the
+ * zygote's own descriptors, closed in the child.
  */
 pid_t
 lss_shepherd_spawn(int *sock, int python, int close1, int close2)
@@ -203,7 +204,7 @@ lss_shepherd_spawn(int *sock, int python, int close1, int close2)
 
     close(wsv[1]);
 
-    /* idle until the zygote hands over an execution, or goes away */
+    /* idle until the runner hands over an execution, or goes away */
     n = lss_fd_recv(sv[1], fds, LSS_FD_MAX);
     if (n < LSS_FD_CTL + 1) {
         kill(pid, SIGKILL);

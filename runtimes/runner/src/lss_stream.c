@@ -232,6 +232,9 @@ lss_ws_exec_thread(void *arg)
                   "usage", lss_exec_usage(ex));
     lss_ws_send(ws, m);
 
+    /* the spare this execution took is replaced once its answer is out */
+    lss_zygotes_refill();
+
     pthread_mutex_lock(&ws->lock);
     for (pp = &ws->execs; *pp != NULL; pp = &(*pp)->next) {
         if (*pp == we) {

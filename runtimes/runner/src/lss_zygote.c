@@ -4,6 +4,9 @@
  * interpreter once so that an execution costs a fork, not a start.
  * Without it, it only launches programs (commands, bash, node), which
  * keeps exec'd executions under the same shepherd and confinement code.
+ *
+ * On the runner's socket: 'R' once ready; then for every 'N' from the
+ * runner, a spare shepherd (its socket) or 'E'.
  */
 
 #include "lss_zygote.h"
@@ -30,15 +33,15 @@ void PyOS_BeforeFork(void);
 void PyOS_AfterFork_Parent(void);
 
 
-static void lss_zygote_idle(int *idle, int python, int sfd);
+static void lss_zygote_spare(int python, int sfd);
 
 
 int
 main(int argc, char **argv)
 {
-    int             c, python, nscripts, sfd, n, i, idle;
+    int             opt, python, nscripts, sfd, n, i, nfds;
     int             fds[LSS_FD_MAX];
-    char           *packages, *scripts[16];
+    char            c, *packages, *scripts[16];
     sigset_t        set;
     struct pollfd   pfd[2];
     struct signalfd_siginfo  si;
@@ -55,8 +58,8 @@ main(int argc, char **argv)
     packages = NULL;
     nscripts = 0;
 
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        switch (c) {
+    while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (opt) {
         case 'p':
             python = 1;
             break;
@@ -116,9 +119,6 @@ main(int argc, char **argv)
         return 1;
     }
 
-    idle = -1;
-    lss_zygote_idle(&idle, python, sfd);
-
     pfd[0].fd = LSS_ZYGOTE_FD;
     pfd[0].events = POLLIN;
     pfd[1].fd = sfd;
@@ -145,7 +145,7 @@ main(int argc, char **argv)
             continue;
         }
 
-        n = lss_fd_recv(LSS_ZYGOTE_FD, fds, LSS_FD_MAX);
+        n = lss_msg_recv(LSS_ZYGOTE_FD, &c, fds, LSS_FD_MAX, &nfds);
         if (n == 0) {
             /* the runner is gone */
             return 0;
@@ -153,56 +153,47 @@ main(int argc, char **argv)
         if (n < 0) {
             continue;
         }
-
-        /* hand the execution to the waiting shepherd, then replace it */
-        if (n > LSS_FD_CTL) {
-            for (i = 0; i < 2; i++) {
-                if (idle < 0) {
-                    lss_zygote_idle(&idle, python, sfd);
-                }
-                if (idle >= 0 && lss_fd_send(idle, fds, n) == 0) {
-                    break;
-                }
-                if (idle >= 0) {
-                    close(idle);
-                    idle = -1;
-                }
-            }
-            if (idle >= 0) {
-                close(idle);
-                idle = -1;
-            }
-        }
-
-        /* a failed hand-over closes the control socket: the runner sees EOF */
-        for (i = 0; i < n; i++) {
+        for (i = 0; i < nfds; i++) {
             close(fds[i]);
         }
 
-        lss_zygote_idle(&idle, python, sfd);
+        if (c == 'N') {
+            lss_zygote_spare(python, sfd);
+        }
     }
 }
 
 
-/* keep one shepherd (with its worker) forked and waiting */
+/*
+ * Fork a shepherd with its idle worker and give the runner the socket
+ * the shepherd waits on: the runner hands an execution to it directly,
+ * so that this (single-threaded) process forking the next one never
+ * delays an execution.  'E' says the fork failed.
+ */
 static void
-lss_zygote_idle(int *idle, int python, int sfd)
+lss_zygote_spare(int python, int sfd)
 {
-    if (*idle >= 0) {
-        return;
-    }
+    int  sock;
 
     if (python) {
         PyOS_BeforeFork();
     }
 
-    if (lss_shepherd_spawn(idle, python, LSS_ZYGOTE_FD, sfd) < 0) {
-        *idle = -1;
+    if (lss_shepherd_spawn(&sock, python, LSS_ZYGOTE_FD, sfd) < 0) {
+        sock = -1;
     }
 
     if (python) {
         PyOS_AfterFork_Parent();
     }
+
+    if (sock < 0) {
+        (void) !send(LSS_ZYGOTE_FD, "E", 1, MSG_NOSIGNAL);
+        return;
+    }
+
+    (void) lss_fd_send(LSS_ZYGOTE_FD, &sock, 1);
+    close(sock);
 }
 
 

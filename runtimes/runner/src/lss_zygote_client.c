@@ -1,7 +1,10 @@
 /*
  * The runner's side of the zygotes: start them with posix_spawn (the
  * runner is multi-threaded, so no plain fork), wait for their "ready"
- * byte, restart one that dies, and hand requests to them.
+ * byte, restart one that dies, and keep a few spare shepherds of each:
+ * an execution is handed straight to a spare (no hop through the
+ * zygote), and the zygote forks its replacement while nothing else
+ * needs the CPU (see lss_zygote_send).
  */
 
 #include "lss_runner.h"
@@ -15,15 +18,32 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <sys/wait.h>
+
+/*
+ * Python keeps two spares: one for the next execution while the zygote
+ * forks the replacement of the other after an answer went out.  Each
+ * costs an idle shepherd and worker (about 1.5 MiB of PSS without
+ * preloads).  The exec zygote is small and forks in a fraction of that
+ * time: one spare, replaced at once.
+ */
+#define LSS_SPARES  2
+#define LSS_SPARE_WAIT  10
 
 typedef struct {
     lss_zygote_kind_t  kind;
     pthread_mutex_t    lock;
+    pthread_cond_t     cond;
     int                fd;
     int                ready;
     int                wanted;
     pid_t              pid;
+    int                spares[LSS_SPARES];
+    int                nspares;
+    int                target;     /* spares to keep */
+    int                asked;      /* 'N' sent, no answer yet */
+    unsigned           failures;   /* 'E' answers */
 } lss_zygote_t;
 
 static lss_zygote_t  lss_zygotes[LSS_ZYGOTE_N];
@@ -91,13 +111,38 @@ lss_zygote_spawn(lss_zygote_t *z, int *fd)
 }
 
 
+/* with z->lock held: ask for spares up to the target */
+static void
+lss_zygote_fill(lss_zygote_t *z)
+{
+    while (z->ready && z->nspares + z->asked < z->target) {
+        if (send(z->fd, "N", 1, MSG_NOSIGNAL | MSG_DONTWAIT) != 1) {
+            return;
+        }
+        z->asked++;
+    }
+}
+
+
+static void *
+lss_spare_node(void *arg)
+{
+    (void) arg;
+
+    lss_spare_fill();
+
+    return NULL;
+}
+
+
 static void *
 lss_zygote_monitor(void *arg)
 {
-    int            fd, delay;
+    int            fd, delay, spare, nfds;
     char           c;
     pid_t          pid;
     ssize_t        n;
+    pthread_t      t;
     lss_zygote_t  *z;
 
     z = arg;
@@ -127,25 +172,59 @@ lss_zygote_monitor(void *arg)
         z->fd = fd;
         z->pid = pid;
         z->ready = 1;
+        lss_zygote_fill(z);
         pthread_mutex_unlock(&z->lock);
 
         lss_log("zygote %s ready (pid %d)",
                 z->kind == LSS_ZYGOTE_PYTHON ? "python" : "exec", pid);
         delay = 0;
 
-        if (z->kind == LSS_ZYGOTE_EXEC) {
-            lss_spare_fill();
+        if (z->kind == LSS_ZYGOTE_EXEC
+            && pthread_create(&t, NULL, lss_spare_node, NULL) == 0)
+        {
+            /* not here: this thread is the one that receives spares */
+            pthread_detach(t);
         }
 
-        /* the zygote never writes again: EOF means it died */
-        while ((n = recv(fd, &c, 1, 0)) > 0 || (n < 0 && errno == EINTR)) {
-            /* nothing */
+        /* spares and failures until EOF: the zygote died */
+        for ( ;; ) {
+            spare = -1;
+            n = lss_msg_recv(fd, &c, &spare, 1, &nfds);
+            if (n < 0 && errno == EINTR) {
+                continue;
+            }
+            if (n <= 0) {
+                break;
+            }
+
+            pthread_mutex_lock(&z->lock);
+            if (z->asked > 0) {
+                z->asked--;
+            }
+            if (nfds == 1 && z->nspares < z->target) {
+                z->spares[z->nspares++] = spare;
+                spare = -1;
+            } else if (nfds == 0 && c == 'E') {
+                z->failures++;
+            }
+            pthread_cond_broadcast(&z->cond);
+            pthread_mutex_unlock(&z->lock);
+
+            if (spare >= 0) {
+                close(spare);
+            }
         }
 
         pthread_mutex_lock(&z->lock);
         z->ready = 0;
         z->fd = -1;
+        z->asked = 0;
         close(fd);
+        /* their shepherds die with the zygote (parent-death signal) */
+        while (z->nspares > 0) {
+            close(z->spares[--z->nspares]);
+        }
+        pthread_cond_broadcast(&z->cond);
         pthread_mutex_unlock(&z->lock);
 
         lss_log("zygote %d (pid %d) exited, restarting", z->kind, pid);
@@ -159,16 +238,23 @@ lss_zygote_monitor(void *arg)
 int
 lss_zygotes_start(void)
 {
-    int        i;
-    pthread_t  t;
+    int                 i;
+    pthread_t           t;
+    pthread_condattr_t  ca;
 
     for (i = 0; i < LSS_ZYGOTE_N; i++) {
         lss_zygotes[i].kind = (lss_zygote_kind_t) i;
         lss_zygotes[i].fd = -1;
         pthread_mutex_init(&lss_zygotes[i].lock, NULL);
+        pthread_condattr_init(&ca);
+        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+        pthread_cond_init(&lss_zygotes[i].cond, &ca);
+        pthread_condattr_destroy(&ca);
     }
 
     lss_zygotes[LSS_ZYGOTE_PYTHON].wanted = lss_conf.lang_python;
+    lss_zygotes[LSS_ZYGOTE_PYTHON].target = LSS_SPARES;
+    lss_zygotes[LSS_ZYGOTE_EXEC].target = 1;
     lss_zygotes[LSS_ZYGOTE_EXEC].wanted = 1;
 
     for (i = 0; i < LSS_ZYGOTE_N; i++) {
@@ -205,24 +291,89 @@ lss_zygotes_ready(void)
 }
 
 
+/*
+ * Hand an execution (its request, stdio, control socket...) to a spare
+ * shepherd.  When that was the last spare the zygote is asked for one at
+ * once; otherwise the replacement is asked for by lss_zygotes_refill()
+ * once the answer is out, so that making it (two forks of the
+ * interpreter and its warm-up: more than a millisecond of CPU) does not
+ * compete for the CPU with the execution or its answer.
+ */
 int
 lss_zygote_send(lss_zygote_kind_t kind, int *fds, int nfds)
 {
-    int            rc;
-    lss_zygote_t  *z;
+    int              sp, tries, rc;
+    unsigned         failures;
+    lss_zygote_t    *z;
+    struct timespec  ts;
 
     z = &lss_zygotes[kind];
+    rc = -1;
 
-    pthread_mutex_lock(&z->lock);
-    if (!z->ready) {
+    for (tries = 0; tries < 3 && rc != 0; tries++) {
+        pthread_mutex_lock(&z->lock);
+
+        failures = z->failures;
+        while (z->ready && z->nspares == 0) {
+            if (z->asked == 0) {
+                if (z->failures != failures) {
+                    /* the zygote cannot fork (pids exhausted?) */
+                    break;
+                }
+                lss_zygote_fill(z);
+                if (z->asked == 0) {
+                    break;
+                }
+            }
+            /* bounded: a zygote that neither answers nor dies is broken */
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            ts.tv_sec += LSS_SPARE_WAIT;
+            if (pthread_cond_timedwait(&z->cond, &z->lock, &ts) == ETIMEDOUT
+                && z->nspares == 0)
+            {
+                lss_log("zygote %d: no spare after %d s", z->kind,
+                        LSS_SPARE_WAIT);
+                break;
+            }
+        }
+
+        if (!z->ready || z->nspares == 0) {
+            pthread_mutex_unlock(&z->lock);
+            errno = EAGAIN;
+            return -1;
+        }
+
+        /* the oldest spare: the newest may still be settling */
+        sp = z->spares[0];
+        z->nspares--;
+        memmove(&z->spares[0], &z->spares[1], z->nspares * sizeof(int));
+
+        if (z->nspares == 0) {
+            lss_zygote_fill(z);
+        }
+
         pthread_mutex_unlock(&z->lock);
-        errno = EAGAIN;
-        return -1;
+
+        /* a spare that died (its zygote did) refuses it: take another */
+        rc = lss_fd_send(sp, fds, nfds);
+        close(sp);
     }
-    rc = lss_fd_send(z->fd, fds, nfds);
-    pthread_mutex_unlock(&z->lock);
 
     return rc;
+}
+
+
+/* an answer is out: replace the spares taken */
+void
+lss_zygotes_refill(void)
+{
+    int  i;
+
+    for (i = 0; i < LSS_ZYGOTE_N; i++) {
+        pthread_mutex_lock(&lss_zygotes[i].lock);
+        lss_zygote_fill(&lss_zygotes[i]);
+        pthread_mutex_unlock(&lss_zygotes[i].lock);
+    }
 }
 
 
