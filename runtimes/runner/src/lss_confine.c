@@ -38,6 +38,10 @@ static int lss_close_from(int lowfd);
 
 /* built once in the zygote; a worker only installs it */
 static struct sock_fprog  lss_seccomp_prog;
+
+/* a step of lss_confine_early() that failed, told on the request */
+static const char  *lss_early_error;
+static int          lss_early_errno;
 static int lss_rlimit(int res, json_t *lim, const char *key);
 
 
@@ -79,24 +83,29 @@ lss_confine_early(void)
     sigemptyset(&all);
     sigprocmask(SIG_SETMASK, &all, NULL);
 
-    /* own session and process group, no controlling terminal (TIOCSTI) */
+    /*
+     * Own session and process group, no controlling terminal (TIOCSTI);
+     * no_new_privs, which is what lets a process without CAP_SYS_ADMIN
+     * install the filter.
+     */
     if (setsid() < 0) {
-        lss_die("setsid");
-    }
+        lss_early_error = "setsid";
 
-    /* first: what lets a process without CAP_SYS_ADMIN install a filter */
-    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
-        lss_die("no_new_privs");
-    }
+    } else if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
+        lss_early_error = "no_new_privs";
 
-    if (lss_seccomp_prog.filter == NULL && lss_seccomp_build() != 0) {
-        lss_die("seccomp");
-    }
-    if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &lss_seccomp_prog, 0, 0)
-        != 0)
+    } else if ((lss_seccomp_prog.filter == NULL && lss_seccomp_build() != 0)
+               || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER,
+                        &lss_seccomp_prog, 0, 0) != 0)
     {
-        lss_die("seccomp");
+        lss_early_error = "seccomp";
     }
+
+    /*
+     * A failure ends the execution this worker is given, with the reason
+     * on its stderr (there is none yet): it never runs unconfined code.
+     */
+    lss_early_errno = errno;
 }
 
 
@@ -134,6 +143,11 @@ lss_confine(json_t *req, int *fds)
         }
     }
     extra = n;
+
+    if (lss_early_error != NULL) {
+        errno = lss_early_errno;
+        lss_die(lss_early_error);
+    }
 
     /* nothing of the zygote or the runner may leak (runc CVE-2024-21626) */
     if (syscall(SYS_close_range, extra, ~0U, 0) < 0
