@@ -289,6 +289,7 @@ cat <<EOF
   admin API key          $(cat "$RUN/admin.key")   (also in $keyfile)
 
   try:  curl -H "Authorization: Bearer \$(cat $keyfile)" http://127.0.0.1:$PORT/api/v1/user
+  then: README.md, "Quickstart": create, execute, stream, files, terminate
 
 EOF
 
