@@ -39,9 +39,10 @@ static const char  lss_py_helpers_src[] =
     "def rebind():\n"
     "    sys.stdin = io.TextIOWrapper(io.FileIO(0, 'r', closefd=False),\n"
     "                                 encoding='utf-8', errors='replace')\n"
-    "def warm():\n"
-    "    os.environ['LSS_WARM'] = 'x'\n"
-    "    os.environ.update({'LSS_WARM': 'y'})\n"
+    "def warm(env, pypath):\n"
+    "    path = sys.path[:]\n"
+    "    prepare(env, pypath)\n"
+    "    sys.path[:] = path\n"
     "    os.environ.clear()\n"
     "    print(1, file=io.StringIO())\n"
     "def flush():\n"
@@ -53,7 +54,7 @@ static const char  lss_py_helpers_src[] =
 
 
 static int lss_py_exec(const char *code, int in_context);
-static int lss_py_prepare(json_t *req);
+static int lss_py_prepare(json_t *req, const char *helper);
 
 
 int
@@ -193,10 +194,11 @@ lss_py_after_fork(void)
                    "\"data\":1,\"nofile\":1,\"nproc\":1,\"fsize\":1},"
                    "\"pypath\":\"/\",\"python\":true,\"code\":\"print(1)\"}",
                    0, NULL);
-    json_decref(j);
-
-    m = PyObject_CallMethod(lss_py_helpers, "warm", NULL);
-    Py_XDECREF(m);
+    if (j != NULL) {
+        /* prepare()'s own path; sys.path and os.environ are put back */
+        (void) lss_py_prepare(j, "warm");
+        json_decref(j);
+    }
 
     m = Py_CompileString("print(1)\n", "<execution>", Py_file_input);
     Py_XDECREF(m);
@@ -215,7 +217,7 @@ lss_py_run(json_t *req, int *fds)
 
     lss_confine(req, fds);
 
-    if (lss_py_prepare(req) != 0) {
+    if (lss_py_prepare(req, "prepare") != 0) {
         _exit(126);
     }
 
@@ -244,7 +246,7 @@ lss_py_context(json_t *req, int *fds)
 
     lss_confine(req, fds);
 
-    if (lss_py_prepare(req) != 0) {
+    if (lss_py_prepare(req, "prepare") != 0) {
         _exit(126);
     }
 
@@ -296,8 +298,9 @@ lss_py_context(json_t *req, int *fds)
 }
 
 
+/* call helper (prepare, or warm while idle) with the request's env */
 static int
-lss_py_prepare(json_t *req)
+lss_py_prepare(json_t *req, const char *helper)
 {
     size_t       i;
     char        *eq;
@@ -328,7 +331,7 @@ lss_py_prepare(json_t *req)
 
     pypath = json_string_value(json_object_get(req, "pypath"));
 
-    r = PyObject_CallMethod(lss_py_helpers, "prepare", "Os", d,
+    r = PyObject_CallMethod(lss_py_helpers, helper, "Os", d,
                             pypath ? pypath : "");
     Py_DECREF(d);
     if (r == NULL) {
