@@ -167,8 +167,8 @@ fi
 if ! id -u "$LSS_USER" >/dev/null 2>&1; then
     # the group may exist already (the end-to-end tests create it)
     getent group "$LSS_USER" >/dev/null || groupadd --system "$LSS_USER"
-    useradd --system --gid "$LSS_USER" --no-create-home --home-dir /nonexistent \
-        --shell /usr/sbin/nologin "$LSS_USER"
+    useradd --system --gid "$LSS_USER" --no-create-home \
+        --home-dir /nonexistent --shell /usr/sbin/nologin "$LSS_USER"
     log "created the system user $LSS_USER (the gateway's workers)"
 fi
 for who in "$LSS_USER" postgres; do
