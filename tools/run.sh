@@ -173,7 +173,8 @@ if ! id -u "$LSS_USER" >/dev/null 2>&1; then
 fi
 for who in "$LSS_USER" postgres; do
     runuser -u "$who" -- test -x "$RUN" \
-        || die "$who cannot reach $RUN: choose an LSS_RUN that all users can traverse"
+        || die "$who cannot reach $RUN:" \
+               "choose an LSS_RUN that every user can traverse"
 done
 
 mkdir -p "$RUN"/{nginx/logs,redis,pg,controller,state}
@@ -204,14 +205,17 @@ if ! pg_as "$PGBIN/pg_ctl" -D "$RUN/pg/data" status >/dev/null 2>&1; then
     pg_as "$PGBIN/pg_ctl" -D "$RUN/pg/data" -w -l "$RUN/pg/log" \
         -o "-k $RUN/pg -c listen_addresses=''" start >/dev/null
 fi
-if ! psql "host=$RUN/pg user=postgres dbname=postgres" -tAc \
-        "SELECT 1 FROM pg_database WHERE datname = 'llmsafespace'" | grep -q 1; then
-    psql "host=$RUN/pg user=postgres dbname=postgres" -qc "CREATE DATABASE llmsafespace"
+PGADMIN="host=$RUN/pg user=postgres dbname=postgres"
+if ! psql "$PGADMIN" -tAc \
+        "SELECT 1 FROM pg_database WHERE datname = 'llmsafespace'" \
+        | grep -q 1; then
+    psql "$PGADMIN" -qc "CREATE DATABASE llmsafespace"
 fi
 
 # the admin key: the first admin's, or a new one when the file was lost
 if [ ! -s "$RUN/admin.key" ]; then
-    key=$("$TOP/tools/llmsafespace-admin" init --db "$DB" | grep '^lsp_' || true)
+    key=$("$TOP/tools/llmsafespace-admin" init --db "$DB" \
+          | grep '^lsp_' || true)
     if [ -z "$key" ]; then
         key=$("$TOP/tools/llmsafespace-admin" init --db "$DB" --force-new-key \
               | grep '^lsp_')
@@ -264,11 +268,14 @@ fi
 deadline=$((SECONDS + READY_TIMEOUT))
 until curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1; do
     [ $SECONDS -lt $deadline ] \
-        || die "nginx does not answer on 127.0.0.1:$PORT; see $RUN/nginx/logs/error.log"
+        || die "nginx does not answer on 127.0.0.1:$PORT;" \
+               "see $RUN/nginx/logs/error.log"
     sleep 0.2
 done
-until [ "$(redis-cli -s "$REDIS_SOCK" LLEN "lss:pool:$POOL:ready" 2>/dev/null)" \
-        -ge 1 ] 2>/dev/null; do
+ready_count() {
+    redis-cli -s "$REDIS_SOCK" LLEN "lss:pool:$POOL:ready" 2>/dev/null
+}
+until [ "$(ready_count)" -ge 1 ] 2>/dev/null; do
     controller_pid >/dev/null || {
         tail -5 "$RUN/controller/controller.log" >&2
         die "the controller exited; see $RUN/controller/controller.log"
