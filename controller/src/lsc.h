@@ -140,6 +140,9 @@ typedef struct lsc_ctx_s {
     int64_t          uid_base;
     int64_t          socket_gid;     /* -1: runner sockets as made */
     int              terminate_all;
+    uint32_t         egress_net;     /* --egress-subnet, host order */
+    int              egress_prefix;  /* 0: not set, the default */
+    char             hosts_file[LSC_PATH_LEN];   /* --hosts, or "" */
 
     /* state */
     redisContext    *redis;
@@ -235,5 +238,12 @@ int lsc_bundle_write(lsc_ctx_t *ctx, lsc_sandbox_t *sb, json_t *rt,
 /* lsc_local.c */
 extern const lsc_driver_t lsc_local_driver;
 int lsc_local_prepare(lsc_ctx_t *ctx);
+
+/* lsc_net.c */
+int lsc_net_config(lsc_ctx_t *ctx, const char *cidr);
+int lsc_net_setup(lsc_ctx_t *ctx, lsc_sandbox_t *sb, lsc_pool_t *pool,
+    const char *bundle, const char *run);
+int lsc_net_teardown(lsc_ctx_t *ctx, const char *id);
+const char *lsc_net_runsc_exec(lsc_ctx_t *ctx);
 
 #endif /* LSC_H */

@@ -156,7 +156,7 @@ lsc_local_create(lsc_ctx_t *ctx, lsc_sandbox_t *sb, lsc_pool_t *pool)
     char         root[LSC_PATH_LEN + 16];
     char         rargs[24][LSC_PATH_LEN], pbufs[2 + LSC_MAX_SCRIPTS][LSC_PATH_LEN];
     char        *extra[2 + 2 * LSC_MAX_SCRIPTS];
-    int          argc, high, rc, first, k;
+    int          argc, high, rc, first, k, egress;
     size_t       i;
 
     rt = lsc_runtime_find(ctx, sb->runtime);
@@ -250,6 +250,11 @@ lsc_local_create(lsc_ctx_t *ctx, lsc_sandbox_t *sb, lsc_pool_t *pool)
     {
         return -1;
     }
+    /* granted egress: a link and its allowlist (lsc_net.c) */
+    egress = lsc_net_setup(ctx, sb, pool, bundle, run);
+    if (egress < 0) {
+        return -1;
+    }
 
     argc = 0;
     if (high) {
@@ -259,12 +264,15 @@ lsc_local_create(lsc_ctx_t *ctx, lsc_sandbox_t *sb, lsc_pool_t *pool)
         argv[argc++] = "--bundle";
         argv[argc++] = bundle;
         argv[argc++] = "--";
+        if (egress) {
+            argv[argc++] = (char *) lsc_net_runsc_exec(ctx);
+        }
         argv[argc++] = "runsc";
         argv[argc++] = "--root";
         argv[argc++] = root;
         argv[argc++] = "--ignore-cgroups";
         argv[argc++] = "--oci-seccomp";
-        argv[argc++] = "--network=none";
+        argv[argc++] = egress ? "--network=sandbox" : "--network=none";
         argv[argc++] = "--host-uds=create";
         /* the shared default refuses the runner's chmod of its socket;
          * nothing outside changes the run dir while the sandbox runs */
@@ -362,6 +370,10 @@ lsc_local_destroy(lsc_ctx_t *ctx, const char *id)
         snprintf(cg, sizeof(cg), "/sys/fs/cgroup/%s/llmsafespace/%s-runsc",
                  *c, cid);
         rmdir(cg);
+    }
+
+    if (lsc_net_teardown(ctx, id) != 0) {
+        return -1;
     }
 
     snprintf(cg, sizeof(cg), "%s/routes/%s", ctx->state_dir, id);

@@ -56,6 +56,8 @@ lsc_usage(void)
         "  --max-creates N      containers started per tick (4)\n"
         "  --uid-base N         first host uid of sandbox user ns\n"
         "  --socket-group GROUP runner sockets connectable by GROUP\n"
+        "  --egress-subnet CIDR addresses of egress links (10.213.0.0/16)\n"
+        "  --hosts FILE         names egress resolves before the host's\n"
         "  --terminate-all      terminate every sandbox, then exit\n");
 }
 
@@ -106,6 +108,8 @@ lsc_options(lsc_ctx_t *ctx, int argc, char **argv)
         { "uid-base", required_argument, NULL, 'u' },
         { "socket-group", required_argument, NULL, 'g' },
         { "terminate-all", no_argument, NULL, 'X' },
+        { "egress-subnet", required_argument, NULL, 'E' },
+        { "hosts", required_argument, NULL, 'H' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 }
     };
@@ -163,6 +167,15 @@ lsc_options(lsc_ctx_t *ctx, int argc, char **argv)
             }
             break;
         case 'X': ctx->terminate_all = 1; break;
+        case 'E':
+            if (lsc_net_config(ctx, optarg) != 0) {
+                fprintf(stderr, "controller: --egress-subnet: a network of "
+                        "at least /18 (a /30 per sandbox)\n");
+                return -1;
+            }
+            break;
+        case 'H': snprintf(ctx->hosts_file, LSC_PATH_LEN, "%s", optarg);
+                  break;
         default:
             lsc_usage();
             return -1;
