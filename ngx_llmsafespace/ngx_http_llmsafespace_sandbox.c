@@ -789,8 +789,9 @@ ngx_http_llmsafespace_check_network(ngx_http_request_t *r,
         }
 
         for (k = 0; domain[k]; k++) {
+            /* names only: the controller resolves each to addresses */
             if (!(isalnum((u_char) domain[k]) || domain[k] == '.'
-                  || domain[k] == '-' || domain[k] == '*'))
+                  || domain[k] == '-'))
             {
                 return ngx_http_llmsafespace_api_invalid(r, ctx, 422,
                                     "networkAccess", "invalid egress "

@@ -94,6 +94,13 @@ for my $case ([{ runtime => 'cobol' }, 422, 'runtime'],
               [{ runtime => 'python',
                  networkAccess => { egress => [{ domain => 'a b' }] } },
                422, 'networkAccess'],
+              [{ runtime => 'python',
+                 networkAccess => { egress => [{ domain => '*.pypi.org' }] } },
+               422, 'networkAccess'],
+              [{ runtime => 'python',
+                 networkAccess => { egress => [{ domain => 'pypi.org',
+                                                 ports => [0] }] } },
+               422, 'networkAccess'],
               [{ runtime => 'python', useWarmPool => 'yes' }, 400,
                'useWarmPool'])
 {
