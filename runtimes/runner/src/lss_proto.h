@@ -3,15 +3,17 @@
  *
  * The zygote socket (SOCK_SEQPACKET) carries one-byte messages: 'R'
  * from the zygote once it is ready; 'N' from the runner asking for a
- * spare, answered with a message carrying the socket of a new idle
- * shepherd (SCM_RIGHTS), or 'E' when the fork failed.
+ * spare, answered with a message carrying the sockets of a new idle
+ * shepherd and of its idle worker (SCM_RIGHTS), or 'E' when the fork
+ * failed.
  *
- * A request is one message on a spare shepherd's socket that carries
- * only file descriptors: a memfd holding the request as JSON, then the
- * execution's stdin, stdout and stderr, the control socket of the
- * execution and an optional extra descriptor that becomes fd 3 of the
- * worker.  Passing the request in a memfd keeps the message small
- * whatever the size of the code.
+ * An execution is handed over with one message to each, carrying only
+ * file descriptors.  The worker's: a memfd holding the request as JSON,
+ * the execution's stdin, stdout and stderr, and an optional extra
+ * descriptor that becomes its fd 3.  The shepherd's: the same memfd and
+ * the control socket of the execution.  Passing the request in a memfd
+ * keeps the messages small whatever the size of the code.  The runner
+ * builds both from one array indexed by LSS_FD_*.
  *
  * The shepherd of an execution answers on the control socket with one
  * lss_result_t once the worker and every descendant are dead.  Any byte
@@ -30,6 +32,10 @@
 #define LSS_FD_CTL      4
 #define LSS_FD_EXTRA    5
 #define LSS_FD_MAX      6
+
+/* the shepherd's message */
+#define LSS_SH_REQ      0
+#define LSS_SH_CTL      1
 
 #define LSS_RESULT_EXITED    1
 #define LSS_RESULT_SIGNALED  2

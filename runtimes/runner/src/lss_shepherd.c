@@ -132,16 +132,17 @@ lss_exec_argv(json_t *req)
 
 
 /*
- * Fork an idle shepherd and its idle worker.  The shepherd waits on
- * *sock (given to the runner) for the execution's descriptors, hands the
- * stdio to the worker and supervises.  close1 and close2 are the
- * zygote's own descriptors, closed in the child.
+ * Fork an idle shepherd and its idle worker.  socks[0] (the shepherd's)
+ * and socks[1] (the worker's) go to the runner, which hands an execution
+ * to both at once: the request and the stdio to the worker, the request
+ * and the control socket to the shepherd, which then supervises.  close1
+ * and close2 are the zygote's own descriptors, closed in the child.
  */
 pid_t
-lss_shepherd_spawn(int *sock, int python, int close1, int close2)
+lss_shepherd_spawn(int *socks, int python, int close1, int close2)
 {
-    int              sv[2], wsv[2], sfd, wstatus, done, killed, ctl, n, i;
-    int              fds[LSS_FD_MAX], wfds[5], nw;
+    int              sv[2], wsv[2], sfd, wstatus, done, killed, ctl, n;
+    int              fds[2];
     char             buf[64];
     uid_t            uid;
     pid_t            pid, shepherd;
@@ -155,19 +156,28 @@ lss_shepherd_spawn(int *sock, int python, int close1, int close2)
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
         return -1;
     }
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, wsv) != 0) {
+        close(sv[0]);
+        close(sv[1]);
+        return -1;
+    }
 
     shepherd = fork();
     if (shepherd != 0) {
         close(sv[1]);
+        close(wsv[1]);
         if (shepherd < 0) {
             close(sv[0]);
+            close(wsv[0]);
             return -1;
         }
-        *sock = sv[0];
+        socks[0] = sv[0];
+        socks[1] = wsv[0];
         return shepherd;
     }
 
     close(sv[0]);
+    close(wsv[0]);
     close(close1);
     close(close2);
 
@@ -184,9 +194,7 @@ lss_shepherd_spawn(int *sock, int python, int close1, int close2)
     sigprocmask(SIG_BLOCK, &set, NULL);
 
     sfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
-    if (sfd < 0
-        || socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, wsv) != 0)
-    {
+    if (sfd < 0) {
         _exit(1);
     }
 
@@ -198,16 +206,22 @@ lss_shepherd_spawn(int *sock, int python, int close1, int close2)
     if (pid == 0) {
         close(sfd);
         close(sv[1]);
-        close(wsv[0]);
         lss_worker(wsv[1], python);
     }
 
     close(wsv[1]);
 
-    /* idle until the runner hands over an execution, or goes away */
-    n = lss_fd_recv(sv[1], fds, LSS_FD_MAX);
-    if (n < LSS_FD_CTL + 1) {
+    /*
+     * Idle until the runner hands over an execution (the worker may have
+     * got its part, and even be done: SIGCHLD waits in the signalfd), or
+     * goes away.  The shepherd never holds the execution's pipes.
+     */
+    n = lss_fd_recv(sv[1], fds, 2);
+    if (n != 2) {
+        /* the worker may have started (the runner failed us meanwhile) */
         kill(pid, SIGKILL);
+        lss_kill_group(pid);
+        lss_kill_descendants();
         _exit(0);
     }
     close(sv[1]);
@@ -215,35 +229,15 @@ lss_shepherd_spawn(int *sock, int python, int close1, int close2)
     /* from now on the runner decides, through ctl, when this tree dies */
     prctl(PR_SET_PDEATHSIG, 0, 0, 0, 0);
 
-    ctl = fds[LSS_FD_CTL];
-    for (i = n; i < LSS_FD_MAX; i++) {
-        fds[i] = -1;
-    }
+    ctl = fds[LSS_SH_CTL];
 
     uid = 0;
     if (lss_no_subreaper) {
-        req = lss_request_read(fds[LSS_FD_REQ]);
+        req = lss_request_read(fds[LSS_SH_REQ]);
         uid = (uid_t) json_integer_value(json_object_get(req, "uid"));
         json_decref(req);
     }
-
-    nw = 0;
-    wfds[nw++] = fds[LSS_FD_REQ];
-    wfds[nw++] = fds[LSS_FD_STDIN];
-    wfds[nw++] = fds[LSS_FD_STDOUT];
-    wfds[nw++] = fds[LSS_FD_STDERR];
-    if (fds[LSS_FD_EXTRA] >= 0) {
-        wfds[nw++] = fds[LSS_FD_EXTRA];
-    }
-
-    /* a worker that died meanwhile is reported like any other exit */
-    (void) lss_fd_send(wsv[0], wfds, nw);
-
-    /* the shepherd keeps none of the execution's pipes */
-    for (i = 0; i < nw; i++) {
-        close(wfds[i]);
-    }
-    close(wsv[0]);
+    close(fds[LSS_SH_REQ]);
 
     done = 0;
     killed = 0;

@@ -165,35 +165,36 @@ main(int argc, char **argv)
 
 
 /*
- * Fork a shepherd with its idle worker and give the runner the socket
- * the shepherd waits on: the runner hands an execution to it directly,
- * so that this (single-threaded) process forking the next one never
- * delays an execution.  'E' says the fork failed.
+ * Fork a shepherd with its idle worker and give the runner the sockets
+ * they wait on: the runner hands an execution to them directly, so that
+ * this (single-threaded) process forking the next one never delays an
+ * execution.  'E' says the fork failed.
  */
 static void
 lss_zygote_spare(int python, int sfd)
 {
-    int  sock;
+    int  socks[2];
 
     if (python) {
         PyOS_BeforeFork();
     }
 
-    if (lss_shepherd_spawn(&sock, python, LSS_ZYGOTE_FD, sfd) < 0) {
-        sock = -1;
+    if (lss_shepherd_spawn(socks, python, LSS_ZYGOTE_FD, sfd) < 0) {
+        socks[0] = -1;
     }
 
     if (python) {
         PyOS_AfterFork_Parent();
     }
 
-    if (sock < 0) {
+    if (socks[0] < 0) {
         (void) !send(LSS_ZYGOTE_FD, "E", 1, MSG_NOSIGNAL);
         return;
     }
 
-    (void) lss_fd_send(LSS_ZYGOTE_FD, &sock, 1);
-    close(sock);
+    (void) lss_fd_send(LSS_ZYGOTE_FD, socks, 2);
+    close(socks[0]);
+    close(socks[1]);
 }
 
 

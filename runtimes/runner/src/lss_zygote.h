@@ -23,7 +23,7 @@ char **lss_env_build(json_t *req);
 extern int    lss_no_subreaper;
 extern pid_t  lss_runner_pid;
 
-pid_t lss_shepherd_spawn(int *sock, int python, int close1, int close2);
+pid_t lss_shepherd_spawn(int *socks, int python, int close1, int close2);
 void lss_exec_argv(json_t *req) __attribute__((noreturn));
 
 /* lss_zygote.c */

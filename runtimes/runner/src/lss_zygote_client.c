@@ -9,6 +9,7 @@
 
 #include "lss_runner.h"
 #include "lss_fdpass.h"
+#include "lss_proto.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -39,7 +40,7 @@ typedef struct {
     int                ready;
     int                wanted;
     pid_t              pid;
-    int                spares[LSS_SPARES];
+    int                spares[LSS_SPARES][2];  /* shepherd, worker */
     int                nspares;
     int                target;     /* spares to keep */
     int                asked;      /* 'N' sent, no answer yet */
@@ -138,7 +139,7 @@ lss_spare_node(void *arg)
 static void *
 lss_zygote_monitor(void *arg)
 {
-    int            fd, delay, spare, nfds;
+    int            fd, delay, spare[2], nfds;
     char           c;
     pid_t          pid;
     ssize_t        n;
@@ -188,8 +189,7 @@ lss_zygote_monitor(void *arg)
 
         /* spares and failures until EOF: the zygote died */
         for ( ;; ) {
-            spare = -1;
-            n = lss_msg_recv(fd, &c, &spare, 1, &nfds);
+            n = lss_msg_recv(fd, &c, spare, 2, &nfds);
             if (n < 0 && errno == EINTR) {
                 continue;
             }
@@ -201,17 +201,19 @@ lss_zygote_monitor(void *arg)
             if (z->asked > 0) {
                 z->asked--;
             }
-            if (nfds == 1 && z->nspares < z->target) {
-                z->spares[z->nspares++] = spare;
-                spare = -1;
+            if (nfds == 2 && z->nspares < z->target) {
+                z->spares[z->nspares][0] = spare[0];
+                z->spares[z->nspares][1] = spare[1];
+                z->nspares++;
+                nfds = 0;
             } else if (nfds == 0 && c == 'E') {
                 z->failures++;
             }
             pthread_cond_broadcast(&z->cond);
             pthread_mutex_unlock(&z->lock);
 
-            if (spare >= 0) {
-                close(spare);
+            while (nfds > 0) {
+                close(spare[--nfds]);
             }
         }
 
@@ -222,7 +224,9 @@ lss_zygote_monitor(void *arg)
         close(fd);
         /* their shepherds die with the zygote (parent-death signal) */
         while (z->nspares > 0) {
-            close(z->spares[--z->nspares]);
+            z->nspares--;
+            close(z->spares[z->nspares][0]);
+            close(z->spares[z->nspares][1]);
         }
         pthread_cond_broadcast(&z->cond);
         pthread_mutex_unlock(&z->lock);
@@ -292,20 +296,37 @@ lss_zygotes_ready(void)
 
 
 /*
- * Hand an execution (its request, stdio, control socket...) to a spare
- * shepherd.  When that was the last spare the zygote is asked for one at
- * once; otherwise the replacement is asked for by lss_zygotes_refill()
- * once the answer is out, so that making it (two forks of the
- * interpreter and its warm-up: more than a millisecond of CPU) does not
- * compete for the CPU with the execution or its answer.
+ * Hand an execution (fds indexed by LSS_FD_*: request, stdio, control
+ * socket, extra) to a spare: its part to the worker first (the critical
+ * path), then the shepherd's.  When that was the last spare the zygote
+ * is asked for one at once; otherwise the replacement is asked for by
+ * lss_zygotes_refill() once the answer is out, so that making it (two
+ * forks of the interpreter and its warm-up: more than a millisecond of
+ * CPU) does not compete for the CPU with the execution or its answer.
  */
 int
 lss_zygote_send(lss_zygote_kind_t kind, int *fds, int nfds)
 {
-    int              sp, tries, rc;
+    int              sp[2], wfds[5], sfds[2], nw, tries, rc;
     unsigned         failures;
     lss_zygote_t    *z;
     struct timespec  ts;
+
+    if (nfds < LSS_FD_CTL + 1 || nfds > LSS_FD_MAX) {
+        errno = EINVAL;
+        return -1;
+    }
+
+    nw = 0;
+    wfds[nw++] = fds[LSS_FD_REQ];
+    wfds[nw++] = fds[LSS_FD_STDIN];
+    wfds[nw++] = fds[LSS_FD_STDOUT];
+    wfds[nw++] = fds[LSS_FD_STDERR];
+    if (nfds > LSS_FD_EXTRA) {
+        wfds[nw++] = fds[LSS_FD_EXTRA];
+    }
+    sfds[LSS_SH_REQ] = fds[LSS_FD_REQ];
+    sfds[LSS_SH_CTL] = fds[LSS_FD_CTL];
 
     z = &lss_zygotes[kind];
     rc = -1;
@@ -344,9 +365,11 @@ lss_zygote_send(lss_zygote_kind_t kind, int *fds, int nfds)
         }
 
         /* the oldest spare: the newest may still be settling */
-        sp = z->spares[0];
+        sp[0] = z->spares[0][0];
+        sp[1] = z->spares[0][1];
         z->nspares--;
-        memmove(&z->spares[0], &z->spares[1], z->nspares * sizeof(int));
+        memmove(&z->spares[0], &z->spares[1],
+                z->nspares * sizeof(z->spares[0]));
 
         if (z->nspares == 0) {
             lss_zygote_fill(z);
@@ -354,9 +377,19 @@ lss_zygote_send(lss_zygote_kind_t kind, int *fds, int nfds)
 
         pthread_mutex_unlock(&z->lock);
 
-        /* a spare that died (its zygote did) refuses it: take another */
-        rc = lss_fd_send(sp, fds, nfds);
-        close(sp);
+        /*
+         * A worker that died (with its zygote) refuses its part: take
+         * another spare; closing this one's sockets ends its shepherd.
+         * A shepherd that refuses its part has died after its worker got
+         * the execution: the worker dies with it (parent-death signal)
+         * and the runner sees its control socket closed.
+         */
+        rc = lss_fd_send(sp[1], wfds, nw);
+        if (rc == 0) {
+            (void) lss_fd_send(sp[0], sfds, 2);
+        }
+        close(sp[0]);
+        close(sp[1]);
     }
 
     return rc;
