@@ -1,33 +1,45 @@
 #!/usr/bin/python3
 """Runner benchmark: execution round trips inside a real runc sandbox.
 
-    bench/runner.py [--rounds N] [--execs N] [--fresh N] [--markdown]
+    bench/runner.py [--rounds N] [--execs N] [--fresh N] [--gap-ms MS]
+                    [--compare ROOTFS]
 
 Measures, alternating A and B over several rounds (docs/performance.md):
 
   print(1)       POST /execute to the runner over its unix socket (the
-                 gateway's path minus the gateway), against a fresh
-                 `python3 -c "print(1)"` on the host.
-  import numpy   the same with numpy preloaded in the runner's zygote,
-                 against a fresh `python3 -c "import numpy"`.
+                 gateway's path minus the gateway), back to back, against
+                 a fresh `python3 -c "print(1)"` on the host.
+  print(1), spaced
+                 the same with --gap-ms between executions, as one agent's
+                 calls come (the sandbox is idle in between).
+  import numpy   numpy preloaded in the runner's zygote, against a fresh
+                 `python3 -c "import numpy"`.
   idle memory    runner + zygotes of an idle sandbox without preloads:
                  the sum of their proportional set sizes (PSS) and the
                  sandbox's memory cgroup usage.
+
+The client is the standard library's http.client on one keep-alive
+connection: its floor (the GET /healthz row) is ~0.1 ms, where httpx's
+was 0.4-0.7 ms.  --compare ROOTFS adds the same print(1) figures for the
+runner of ROOTFS/python (another build: e.g. a copy of build/rootfs with
+older binaries in python/usr/local/bin), alternating with the first in
+the same rounds.
 
 Needs root (runc) and the python rootfs (`make -C runtimes rootfs`).  A
 benchmark, not a test: it prints figures and never fails on them.
 """
 
 import argparse
+import http.client
+import json
 import os
 import platform
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-
-import httpx
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOP = os.path.dirname(HERE)
@@ -47,47 +59,65 @@ def pct(xs, p):
     return xs[k]
 
 
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP/1.1 keep-alive on the runner's unix socket."""
+
+    def __init__(self, path):
+        super().__init__("runner", timeout=60)
+        self.unix_path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.unix_path)
+
+
 class Sandbox:
-    def __init__(self, workdir, preload):
+    def __init__(self, workdir, preload, rootfs=ROOTFS):
         args = ["--languages", "python,bash", "--default-timeout", "30"]
         if preload:
             args += ["--preload-packages", preload]
-        self.c = sandbox.Container(ROOTFS, workdir, "runc",
+        self.c = sandbox.Container(rootfs, workdir, "runc",
                                    runner_args=args, memory=1 << 30,
                                    pids=512)
         self.c.start()
-        self.http = httpx.Client(
-            transport=httpx.HTTPTransport(uds=self.c.socket),
-            base_url="http://runner",
-            headers={TOKEN_HEADER: self.c.token}, timeout=60)
+        self.http = UnixHTTPConnection(self.c.socket)
+        self.headers = {TOKEN_HEADER: self.c.token}
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
                 if os.path.exists(self.c.socket) and \
-                        self.http.get("/readyz").status_code == 200:
+                        self.request("GET", "/readyz")[0] == 200:
                     return
-            except httpx.TransportError:
-                pass
+            except OSError:
+                self.http.close()
             time.sleep(0.05)
         raise RuntimeError("runner not ready:\n" + self.c.logs())
 
+    def request(self, method, path, body=None):
+        headers = self.headers
+        if body is not None:
+            headers = dict(headers, **{"Content-Type": "application/json"})
+        self.http.request(method, path, body=body, headers=headers)
+        r = self.http.getresponse()
+        return r.status, r.read()
+
     def execute(self, code):
+        body = json.dumps({"type": "code", "language": "python",
+                           "content": code})
         t0 = time.perf_counter()
-        r = self.http.post("/execute", json={"type": "code",
-                                             "language": "python",
-                                             "content": code})
+        status, data = self.request("POST", "/execute", body)
         dt = time.perf_counter() - t0
-        body = r.json()
-        if r.status_code != 200 or body.get("status") != "completed":
-            raise RuntimeError("execution failed: %s" % r.text[:500])
+        if status != 200 or json.loads(data).get("status") != "completed":
+            raise RuntimeError("execution failed: %s" % data[:500])
         return dt
 
     def healthz(self):
         t0 = time.perf_counter()
-        r = self.http.get("/healthz")
+        status, _ = self.request("GET", "/healthz")
         dt = time.perf_counter() - t0
-        if r.status_code != 200:
-            raise RuntimeError("healthz: %d" % r.status_code)
+        if status != 200:
+            raise RuntimeError("healthz: %d" % status)
         return dt
 
     def memory(self):
@@ -121,11 +151,18 @@ def fresh(code):
     return time.perf_counter() - t0
 
 
-def measure(rounds, n_exec, n_fresh, sb, code):
-    a, b = [], []
+def measure(rounds, n_exec, n_fresh, sbs, code, gap=0.0):
+    """Per round: n_exec executions in each sandbox of sbs in turn, then
+    n_fresh fresh processes; gap seconds of idleness before each
+    execution."""
+    a = [[] for _ in sbs]
+    b = []
     for _ in range(rounds):
-        for _ in range(n_exec):
-            a.append(sb.execute(code))
+        for i, sb in enumerate(sbs):
+            for _ in range(n_exec):
+                if gap:
+                    time.sleep(gap)
+                a[i].append(sb.execute(code))
         for _ in range(n_fresh):
             b.append(fresh(code))
     return a, b
@@ -136,6 +173,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--execs", type=int, default=100)
     ap.add_argument("--fresh", type=int, default=20)
+    ap.add_argument("--gap-ms", type=float, default=20.0)
+    ap.add_argument("--compare", metavar="ROOTFS")
     ap.add_argument("--markdown", action="store_true")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -143,12 +182,14 @@ def main():
 
     workdir = tempfile.mkdtemp(prefix="lss-bench-")
     os.chmod(workdir, 0o755)
-    plain = numpy = None
+    plain = numpy = other = None
     try:
         plain = Sandbox(workdir, None)
         numpy = Sandbox(workdir, "numpy")
-        for sb in (plain, numpy):
-            for _ in range(20):
+        if args.compare:
+            other = Sandbox(workdir, None, rootfs=args.compare)
+        for sb in (plain, numpy, other):
+            for _ in range(20 if sb is not None else 0):
                 sb.execute("print(1)")
         # idle: let the warm-up executions' shepherds finish
         time.sleep(1.0)
@@ -157,16 +198,27 @@ def main():
         # The floor under every figure: this Python client and one HTTP
         # exchange on the unix socket, no execution.
         floor = [plain.healthz() for _ in range(args.execs * 2)]
-        a, b = measure(args.rounds, args.execs, args.fresh, plain,
-                       "print(1)")
-        rows.append(("execute print(1), runner", a,
+        sbs = [plain] + ([other] if other else [])
+        a, b = measure(args.rounds, args.execs, args.fresh, sbs, "print(1)")
+        rows.append(("execute print(1), runner", a[0],
                      "fresh python3 -c print(1)", b))
-        a, b = measure(args.rounds, args.execs // 2, args.fresh // 2, numpy,
-                       "import numpy")
-        rows.append(("execute import numpy, preloaded", a,
+        if other:
+            rows.append(("execute print(1), --compare runner", a[1],
+                         "fresh python3 -c print(1)", b))
+        a, b = measure(args.rounds, args.execs // 4, args.fresh // 4, sbs,
+                       "print(1)", args.gap_ms / 1000.0)
+        rows.append(("execute print(1), %g ms apart" % args.gap_ms, a[0],
+                     "fresh python3 -c print(1)", b))
+        if other:
+            rows.append(("execute print(1), %g ms apart, --compare runner"
+                         % args.gap_ms, a[1], "fresh python3 -c print(1)",
+                         b))
+        a, b = measure(args.rounds, args.execs // 2, args.fresh // 2,
+                       [numpy], "import numpy")
+        rows.append(("execute import numpy, preloaded", a[0],
                      "fresh python3 -c 'import numpy'", b))
     finally:
-        for sb in (plain, numpy):
+        for sb in (plain, numpy, other):
             if sb is not None:
                 sb.close()
         subprocess.run(["rm", "-rf", workdir])
@@ -187,7 +239,7 @@ def main():
               % (name, statistics.median(a) * ms, pct(a, 99) * ms, bname,
                  statistics.median(b) * ms, pct(b, 99) * ms,
                  statistics.median(a) / statistics.median(b)))
-    print("| GET /healthz (client + HTTP floor) | %.2f | %.2f | | | | |"
+    print("| GET /healthz (http.client + HTTP floor) | %.2f | %.2f | | | | |"
           % (statistics.median(floor) * ms, pct(floor, 99) * ms))
     print("| idle runner + zygotes, no preloads: PSS | %.1f MiB | | "
           "memory cgroup usage | %s | | |"
