@@ -115,7 +115,9 @@ done:
     for (i = 0; i < 2; i++) {
         free(col.buf[i]);
     }
-    lss_exec_free(ex);
+
+    /* freed once the answer is out: see lss_completed() */
+    r->ex = ex;
 
     return rc;
 }

@@ -329,14 +329,15 @@ lss_completed(void *cls, struct MHD_Connection *c, void **con_cls,
             (long long) (lss_now_ms() - r->start_ms),
             toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " aborted");
 
+    lss_exec_free(r->ex);
     free(r->body);
     free(r);
     *con_cls = NULL;
 
     /*
-     * The answer is out: now the zygotes may replace the spares this
-     * request took (an execution, a context, the fs helper) without
-     * slowing the answer down.
+     * The answer is out: now the execution's shepherd may exit and the
+     * zygotes replace the spares this request took (an execution, a
+     * context, the fs helper) without slowing the answer down.
      */
     lss_zygotes_refill();
 }

@@ -37,6 +37,9 @@ typedef struct {
     int           up_error;
     int           up_done;
 
+    /* an execution, freed (its shepherd let go) once the answer is out */
+    lss_exec_t   *ex;
+
     /* the error answered once the body is consumed */
     unsigned      err_status;
     const char   *err_code;

@@ -136,6 +136,7 @@ struct lss_exec_s {
     pthread_mutex_t   lock;
     int               stdin_fd;
     int               cancel_fd;   /* eventfd: cancel request */
+    int               ctl_fd;      /* to the shepherd, until freed */
     lss_end_t         end;
     int               exit_code;
     int64_t           started_ms;
