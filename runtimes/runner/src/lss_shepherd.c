@@ -68,6 +68,13 @@ lss_worker(int sock, int python)
     }
     lss_confine_early();
 
+    /*
+     * To the runner: this spare is ready (see lss_spare_pick).  Not a
+     * byte: a socket closed with unread data makes its peer's next recv
+     * fail (ECONNRESET) even with a request queued.
+     */
+    (void) shutdown(sock, SHUT_WR);
+
     n = lss_fd_recv(sock, rfds, 5);
     if (n < 4) {
         _exit(1);

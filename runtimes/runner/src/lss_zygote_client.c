@@ -13,6 +13,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -296,6 +297,34 @@ lss_zygotes_ready(void)
 
 
 /*
+ * With z->lock held and a spare at least: the index of the one to use.
+ * A worker shuts its socket down for writing once its after-fork work,
+ * warm-up and early confinement are done (POLLRDHUP here; POLLHUP when
+ * it died).  A spare is handed out as soon as it is forked, and an
+ * execution given to a worker still warming up would wait for it (a
+ * millisecond or more when the CPUs are busy): so the oldest ready
+ * spare, else the oldest.  A dead one is taken too: its send fails and
+ * the caller takes another.
+ */
+static int
+lss_spare_pick(lss_zygote_t *z)
+{
+    int            i;
+    struct pollfd  pfd;
+
+    for (i = 0; i < z->nspares; i++) {
+        pfd.fd = z->spares[i][1];
+        pfd.events = POLLRDHUP;
+        if (poll(&pfd, 1, 0) == 1) {
+            return i;
+        }
+    }
+
+    return 0;
+}
+
+
+/*
  * Hand an execution (fds indexed by LSS_FD_*: request, stdio, control
  * socket, extra) to a spare: its part to the worker first (the critical
  * path), then the shepherd's.  When that was the last spare the zygote
@@ -307,7 +336,7 @@ lss_zygotes_ready(void)
 int
 lss_zygote_send(lss_zygote_kind_t kind, int *fds, int nfds)
 {
-    int              sp[2], wfds[5], sfds[2], nw, tries, rc;
+    int              sp[2], wfds[5], sfds[2], nw, tries, rc, k;
     unsigned         failures;
     lss_zygote_t    *z;
     struct timespec  ts;
@@ -364,12 +393,12 @@ lss_zygote_send(lss_zygote_kind_t kind, int *fds, int nfds)
             return -1;
         }
 
-        /* the oldest spare: the newest may still be settling */
-        sp[0] = z->spares[0][0];
-        sp[1] = z->spares[0][1];
+        k = lss_spare_pick(z);
+        sp[0] = z->spares[k][0];
+        sp[1] = z->spares[k][1];
         z->nspares--;
-        memmove(&z->spares[0], &z->spares[1],
-                z->nspares * sizeof(z->spares[0]));
+        memmove(&z->spares[k], &z->spares[k + 1],
+                (z->nspares - k) * sizeof(z->spares[0]));
 
         if (z->nspares == 0) {
             lss_zygote_fill(z);
