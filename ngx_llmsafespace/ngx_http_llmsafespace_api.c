@@ -910,3 +910,53 @@ ngx_http_llmsafespace_api_send_list(ngx_http_request_t *r, PGresult *res,
     return ngx_http_llmsafespace_send_object(r, NGX_HTTP_OK,
                                          json_pack("{s:o}", name, list));
 }
+
+
+ngx_uint_t
+ngx_http_llmsafespace_api_have_pg(ngx_http_request_t *r)
+{
+    ngx_http_llmsafespace_main_conf_t  *lmcf;
+
+    lmcf = ngx_http_get_module_main_conf(r, ngx_http_llmsafespace_module);
+
+    return lmcf->pg.conninfo.len != 0;
+}
+
+
+/* 501: "what" lives in PostgreSQL, which this gateway was not given */
+
+ngx_int_t
+ngx_http_llmsafespace_api_no_pg(ngx_http_request_t *r, const char *what)
+{
+    return ngx_http_llmsafespace_send_error(r, NGX_HTTP_NOT_IMPLEMENTED,
+                                            "not_implemented",
+                                            "%s: this gateway has no "
+                                            "llmsafespace_postgres", what);
+}
+
+
+/* a route on one object: the id is its only query parameter */
+
+ngx_int_t
+ngx_http_llmsafespace_api_query_id(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id, const char *sql,
+    ngx_http_llmsafespace_query_done_pt done, const char *what)
+{
+    u_char      *p;
+    const char  *values[1];
+
+    if (!ngx_http_llmsafespace_api_have_pg(r)) {
+        return ngx_http_llmsafespace_api_no_pg(r, what);
+    }
+
+    ctx->audit_object = *id;
+
+    p = ngx_http_llmsafespace_api_cstr(r, id->data, id->len);
+    if (p == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    values[0] = (const char *) p;
+
+    return ngx_http_llmsafespace_api_query(r, ctx, sql, 1, values, done);
+}

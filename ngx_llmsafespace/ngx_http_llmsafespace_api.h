@@ -64,6 +64,14 @@ json_t *ngx_http_llmsafespace_api_value(PGresult *res, int row, int col);
 /* ?limit= (1-1000, default 100) and ?offset= as C strings */
 ngx_int_t ngx_http_llmsafespace_api_page(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, u_char *limit, u_char *offset);
+ngx_uint_t ngx_http_llmsafespace_api_have_pg(ngx_http_request_t *r);
+/* 501 not_implemented: "<what>: this gateway has no llmsafespace_postgres" */
+ngx_int_t ngx_http_llmsafespace_api_no_pg(ngx_http_request_t *r,
+    const char *what);
+/* a query whose only parameter is the route's id (501 without PostgreSQL) */
+ngx_int_t ngx_http_llmsafespace_api_query_id(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id, const char *sql,
+    ngx_http_llmsafespace_query_done_pt done, const char *what);
 /* {"<name>": [row(res, i), ...]} */
 ngx_int_t ngx_http_llmsafespace_api_send_list(ngx_http_request_t *r,
     PGresult *res, const char *name, json_t *(*row)(PGresult *res, int i));

@@ -23,6 +23,9 @@
 
 
 /* the controller skips names of 48 characters (lsc_valid_name(name, 48)) */
+#define NGX_HTTP_LLMSAFESPACE_POOLS_NO_PG                                     \
+    "warm pools are kept in PostgreSQL"
+
 #define NGX_HTTP_LLMSAFESPACE_POOL_NAME_MAX    47
 #define NGX_HTTP_LLMSAFESPACE_POOL_SIZE_MAX    100
 /* the controller's limits: lsc_valid_package(), p->packages[400] */
@@ -71,10 +74,6 @@ typedef struct {
 } ngx_http_llmsafespace_pool_t;
 
 
-static ngx_int_t ngx_http_llmsafespace_pools_no_pg(ngx_http_request_t *r);
-static ngx_int_t ngx_http_llmsafespace_pool_query(ngx_http_request_t *r,
-    ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id, const char *sql,
-    ngx_http_llmsafespace_query_done_pt done);
 static ngx_int_t ngx_http_llmsafespace_pool_spec(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, ngx_http_llmsafespace_pool_t *pool,
     ngx_uint_t create);
@@ -165,12 +164,9 @@ ngx_int_t
 ngx_http_llmsafespace_warmpools_list(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id)
 {
-    ngx_http_llmsafespace_main_conf_t  *lmcf;
-
-    lmcf = ngx_http_get_module_main_conf(r, ngx_http_llmsafespace_module);
-
-    if (lmcf->pg.conninfo.len == 0) {
-        return ngx_http_llmsafespace_pools_no_pg(r);
+    if (!ngx_http_llmsafespace_api_have_pg(r)) {
+        return ngx_http_llmsafespace_api_no_pg(r,
+                                     NGX_HTTP_LLMSAFESPACE_POOLS_NO_PG);
     }
 
     return ngx_http_llmsafespace_api_query(r, ctx,
@@ -193,9 +189,10 @@ ngx_int_t
 ngx_http_llmsafespace_warmpools_get(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id)
 {
-    return ngx_http_llmsafespace_pool_query(r, ctx, id,
-                                        ngx_http_llmsafespace_pools_get_sql,
-                                        ngx_http_llmsafespace_warmpools_one);
+    return ngx_http_llmsafespace_api_query_id(r, ctx, id,
+                                     ngx_http_llmsafespace_pools_get_sql,
+                                     ngx_http_llmsafespace_warmpools_one,
+                                     NGX_HTTP_LLMSAFESPACE_POOLS_NO_PG);
 }
 
 
@@ -203,9 +200,10 @@ ngx_int_t
 ngx_http_llmsafespace_warmpools_status(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id)
 {
-    return ngx_http_llmsafespace_pool_query(r, ctx, id,
+    return ngx_http_llmsafespace_api_query_id(r, ctx, id,
                                      ngx_http_llmsafespace_pools_status_sql,
-                                     ngx_http_llmsafespace_warmpools_one);
+                                     ngx_http_llmsafespace_warmpools_one,
+                                     NGX_HTTP_LLMSAFESPACE_POOLS_NO_PG);
 }
 
 
@@ -231,17 +229,15 @@ ngx_http_llmsafespace_warmpools_create(ngx_http_request_t *r,
     u_char                             *sizes;
     const char                         *values[8];
     ngx_http_llmsafespace_pool_t        pool;
-    ngx_http_llmsafespace_main_conf_t  *lmcf;
 
     static const char  *fields[] = {
         "name", "runtime", "minSize", "maxSize", "securityLevel",
         "preloadPackages", "preloadScripts", "autoScaling", NULL
     };
 
-    lmcf = ngx_http_get_module_main_conf(r, ngx_http_llmsafespace_module);
-
-    if (lmcf->pg.conninfo.len == 0) {
-        return ngx_http_llmsafespace_pools_no_pg(r);
+    if (!ngx_http_llmsafespace_api_have_pg(r)) {
+        return ngx_http_llmsafespace_api_no_pg(r,
+                                     NGX_HTTP_LLMSAFESPACE_POOLS_NO_PG);
     }
 
     ngx_memzero(&pool, sizeof(ngx_http_llmsafespace_pool_t));
@@ -307,17 +303,15 @@ ngx_http_llmsafespace_warmpools_patch(ngx_http_request_t *r,
     const char                         *key, *values[6];
     json_t                             *v;
     ngx_http_llmsafespace_pool_t        pool;
-    ngx_http_llmsafespace_main_conf_t  *lmcf;
 
     static const char  *fields[] = {
         "minSize", "maxSize", "preloadPackages", "preloadScripts",
         "autoScaling", NULL
     };
 
-    lmcf = ngx_http_get_module_main_conf(r, ngx_http_llmsafespace_module);
-
-    if (lmcf->pg.conninfo.len == 0) {
-        return ngx_http_llmsafespace_pools_no_pg(r);
+    if (!ngx_http_llmsafespace_api_have_pg(r)) {
+        return ngx_http_llmsafespace_api_no_pg(r,
+                                     NGX_HTTP_LLMSAFESPACE_POOLS_NO_PG);
     }
 
     ctx->audit_object = *id;
@@ -411,9 +405,10 @@ ngx_int_t
 ngx_http_llmsafespace_warmpools_delete(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id)
 {
-    return ngx_http_llmsafespace_pool_query(r, ctx, id,
+    return ngx_http_llmsafespace_api_query_id(r, ctx, id,
                                      ngx_http_llmsafespace_pools_delete_sql,
-                                     ngx_http_llmsafespace_warmpools_deleted);
+                                     ngx_http_llmsafespace_warmpools_deleted,
+                                     NGX_HTTP_LLMSAFESPACE_POOLS_NO_PG);
 }
 
 
@@ -468,43 +463,6 @@ ngx_http_llmsafespace_pool_missing(ngx_http_request_t *r,
     }
 
     return NGX_HTTP_INTERNAL_SERVER_ERROR;
-}
-
-
-static ngx_int_t
-ngx_http_llmsafespace_pools_no_pg(ngx_http_request_t *r)
-{
-    return ngx_http_llmsafespace_send_error(r, NGX_HTTP_NOT_IMPLEMENTED,
-                     "not_implemented", "warm pools are kept in PostgreSQL: "
-                     "this gateway has no llmsafespace_postgres");
-}
-
-
-static ngx_int_t
-ngx_http_llmsafespace_pool_query(ngx_http_request_t *r,
-    ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id, const char *sql,
-    ngx_http_llmsafespace_query_done_pt done)
-{
-    u_char                             *p;
-    const char                         *values[1];
-    ngx_http_llmsafespace_main_conf_t  *lmcf;
-
-    lmcf = ngx_http_get_module_main_conf(r, ngx_http_llmsafespace_module);
-
-    if (lmcf->pg.conninfo.len == 0) {
-        return ngx_http_llmsafespace_pools_no_pg(r);
-    }
-
-    ctx->audit_object = *id;
-
-    p = ngx_http_llmsafespace_api_cstr(r, id->data, id->len);
-    if (p == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    values[0] = (const char *) p;
-
-    return ngx_http_llmsafespace_api_query(r, ctx, sql, 1, values, done);
 }
 
 

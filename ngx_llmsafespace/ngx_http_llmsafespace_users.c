@@ -23,14 +23,12 @@
 #define NGX_HTTP_LLMSAFESPACE_TS(col)                                         \
     "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
 
+#define NGX_HTTP_LLMSAFESPACE_NO_PG                                           \
+    "users and API keys are managed in the keys file"
+
 #define NGX_HTTP_LLMSAFESPACE_USER_ID_LEN  (4 + 16)
 
 
-static ngx_uint_t ngx_http_llmsafespace_have_pg(ngx_http_request_t *r);
-static ngx_int_t ngx_http_llmsafespace_no_pg(ngx_http_request_t *r);
-static ngx_int_t ngx_http_llmsafespace_query_id(ngx_http_request_t *r,
-    ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id, const char *sql,
-    ngx_http_llmsafespace_query_done_pt done);
 static json_t *ngx_http_llmsafespace_key_json(PGresult *res, int row);
 static json_t *ngx_http_llmsafespace_user_json(PGresult *res, int row);
 static ngx_int_t ngx_http_llmsafespace_apikeys_listed(ngx_http_request_t *r,
@@ -137,8 +135,9 @@ ngx_http_llmsafespace_apikeys_list(ngx_http_request_t *r,
     u_char      *user;
     const char  *values[1];
 
-    if (!ngx_http_llmsafespace_have_pg(r)) {
-        return ngx_http_llmsafespace_no_pg(r);
+    if (!ngx_http_llmsafespace_api_have_pg(r)) {
+        return ngx_http_llmsafespace_api_no_pg(r,
+                                          NGX_HTTP_LLMSAFESPACE_NO_PG);
     }
 
     user = ngx_http_llmsafespace_api_cstr(r, ctx->identity.user_id.data,
@@ -175,8 +174,9 @@ ngx_http_llmsafespace_apikeys_create(ngx_http_request_t *r,
 
     static const char  *fields[] = { "name", NULL };
 
-    if (!ngx_http_llmsafespace_have_pg(r)) {
-        return ngx_http_llmsafespace_no_pg(r);
+    if (!ngx_http_llmsafespace_api_have_pg(r)) {
+        return ngx_http_llmsafespace_api_no_pg(r,
+                                          NGX_HTTP_LLMSAFESPACE_NO_PG);
     }
 
     if (ngx_http_llmsafespace_api_only(r, ctx, fields) != NGX_OK
@@ -263,8 +263,9 @@ ngx_http_llmsafespace_apikeys_delete(ngx_http_request_t *r,
     u_char      *key_id, *user;
     const char  *values[3];
 
-    if (!ngx_http_llmsafespace_have_pg(r)) {
-        return ngx_http_llmsafespace_no_pg(r);
+    if (!ngx_http_llmsafespace_api_have_pg(r)) {
+        return ngx_http_llmsafespace_api_no_pg(r,
+                                          NGX_HTTP_LLMSAFESPACE_NO_PG);
     }
 
     ctx->audit_object = *id;
@@ -316,8 +317,9 @@ ngx_http_llmsafespace_users_list(ngx_http_request_t *r,
     u_char      *limit, *offset;
     const char  *values[2];
 
-    if (!ngx_http_llmsafespace_have_pg(r)) {
-        return ngx_http_llmsafespace_no_pg(r);
+    if (!ngx_http_llmsafespace_api_have_pg(r)) {
+        return ngx_http_llmsafespace_api_no_pg(r,
+                                          NGX_HTTP_LLMSAFESPACE_NO_PG);
     }
 
     limit = ngx_pnalloc(r->pool, 2 * NGX_INT_T_LEN);
@@ -364,8 +366,9 @@ ngx_http_llmsafespace_users_create(ngx_http_request_t *r,
 
     static const char  *fields[] = { "name", "role", NULL };
 
-    if (!ngx_http_llmsafespace_have_pg(r)) {
-        return ngx_http_llmsafespace_no_pg(r);
+    if (!ngx_http_llmsafespace_api_have_pg(r)) {
+        return ngx_http_llmsafespace_api_no_pg(r,
+                                          NGX_HTTP_LLMSAFESPACE_NO_PG);
     }
 
     if (ngx_http_llmsafespace_api_only(r, ctx, fields) != NGX_OK
@@ -466,9 +469,10 @@ ngx_int_t
 ngx_http_llmsafespace_users_get(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id)
 {
-    return ngx_http_llmsafespace_query_id(r, ctx, id,
-                                          ngx_http_llmsafespace_users_get_sql,
-                                          ngx_http_llmsafespace_users_got);
+    return ngx_http_llmsafespace_api_query_id(r, ctx, id,
+                                        ngx_http_llmsafespace_users_get_sql,
+                                        ngx_http_llmsafespace_users_got,
+                                        NGX_HTTP_LLMSAFESPACE_NO_PG);
 }
 
 
@@ -505,9 +509,10 @@ ngx_http_llmsafespace_users_delete(ngx_http_request_t *r,
                                                 "their own user");
     }
 
-    return ngx_http_llmsafespace_query_id(r, ctx, id,
-                                       ngx_http_llmsafespace_users_delete_sql,
-                                       ngx_http_llmsafespace_users_deleted);
+    return ngx_http_llmsafespace_api_query_id(r, ctx, id,
+                                        ngx_http_llmsafespace_users_delete_sql,
+                                        ngx_http_llmsafespace_users_deleted,
+                                        NGX_HTTP_LLMSAFESPACE_NO_PG);
 }
 
 
@@ -592,54 +597,6 @@ ngx_http_llmsafespace_users_deleted_json(ngx_http_llmsafespace_ctx_t *ctx)
     return json_pack("{s:s%, s:b, s:i}",
                      "id", ctx->audit_object.data, ctx->audit_object.len,
                      "deleted", 1, "revokedKeys", (int) ctx->revoked_keys);
-}
-
-
-static ngx_uint_t
-ngx_http_llmsafespace_have_pg(ngx_http_request_t *r)
-{
-    ngx_http_llmsafespace_main_conf_t  *lmcf;
-
-    lmcf = ngx_http_get_module_main_conf(r, ngx_http_llmsafespace_module);
-
-    return lmcf->pg.conninfo.len != 0;
-}
-
-
-static ngx_int_t
-ngx_http_llmsafespace_no_pg(ngx_http_request_t *r)
-{
-    return ngx_http_llmsafespace_send_error(r, NGX_HTTP_NOT_IMPLEMENTED,
-                     "not_implemented", "users and API keys are managed in "
-                     "the keys file: this gateway has no "
-                     "llmsafespace_postgres");
-}
-
-
-/* a route on one object: the id is its only query parameter */
-
-static ngx_int_t
-ngx_http_llmsafespace_query_id(ngx_http_request_t *r,
-    ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id, const char *sql,
-    ngx_http_llmsafespace_query_done_pt done)
-{
-    u_char      *p;
-    const char  *values[1];
-
-    if (!ngx_http_llmsafespace_have_pg(r)) {
-        return ngx_http_llmsafespace_no_pg(r);
-    }
-
-    ctx->audit_object = *id;
-
-    p = ngx_http_llmsafespace_api_cstr(r, id->data, id->len);
-    if (p == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    values[0] = (const char *) p;
-
-    return ngx_http_llmsafespace_api_query(r, ctx, sql, 1, values, done);
 }
 
 

@@ -18,30 +18,8 @@ my $json = JSON::XS->new->utf8->canonical;
 
 my $t = LSS::Test->new(workers => 1);
 
-$t->redis_start();
-$t->pg_start();
-$t->dbh()->do($t->read_file("$LSS::Test::TOP/sql/controller.sql"));
-$t->controller_start(pools => { python => { minSize => 2, maxSize => 3 } });
-
-$t->run(<<"EOF");
-%%TEST_GLOBALS%%
-${\ $t->nginx_user() }
-events { }
-http {
-    %%TEST_GLOBALS_HTTP%%
-    llmsafespace_redis %%REDIS%%;
-    llmsafespace_postgres "%%PG%%";
-    llmsafespace_key_cache zone=keys:1m ttl=1s;
-    ${\ $t->sandbox_conf(quota => 3) }
-    server {
-        listen 127.0.0.1:%%PORT_8080%%;
-        location /api/v1/ {
-            llmsafespace_api;
-        }
-        ${\ $t->runner_location() }
-    }
-}
-EOF
+$t->stack_start(pools => { python => { minSize => 2, maxSize => 3 } },
+                quota => 3, key_ttl => '1s');
 
 my $alice = $t->create_key($t->create_user(name => 'alice'))->{key};
 my $bob_id = $t->create_user(name => 'bob');
@@ -49,18 +27,7 @@ my $bob = $t->create_key($bob_id)->{key};
 my $admin = $t->create_key($t->create_user(name => 'root',
                                            role => 'admin'))->{key};
 
-sub api {
-    my ($method, $path, $key, %o) = @_;
-    my $r = $t->request($method, "/api/v1$path", key => $key,
-                        timeout => 120, %o);
-    my $body = eval { $json->decode($r->{body}) };
-
-    # every JSON answer is what docs/openapi.yaml says it is
-    openapi_ok($method, "/api/v1$path", $r->{status}, $r->{body})
-        if ($r->{headers}{'content-type'} // '') =~ m!^application/json!;
-
-    return ($r->{status}, $body, $r);
-}
+sub api { $t->api(@_) }
 
 sub phase_of {
     my ($id, $key) = @_;

@@ -17,30 +17,7 @@ use LSS::Stack;
 
 my $t = LSS::Test->new(workers => 2);
 
-$t->redis_start();
-$t->pg_start();
-$t->dbh()->do($t->read_file("$LSS::Test::TOP/sql/controller.sql"));
-$t->controller_start(pools => {});
-
-$t->run(<<"EOF");
-%%TEST_GLOBALS%%
-${\ $t->nginx_user() }
-events { }
-http {
-    %%TEST_GLOBALS_HTTP%%
-    llmsafespace_redis %%REDIS%%;
-    llmsafespace_postgres "%%PG%%";
-    llmsafespace_key_cache zone=keys:1m ttl=60s;
-    ${\ $t->sandbox_conf(quota => 5) }
-    server {
-        listen 127.0.0.1:%%PORT_8080%%;
-        location /api/v1/ {
-            llmsafespace_api;
-        }
-        ${\ $t->runner_location() }
-    }
-}
-EOF
+$t->stack_start(pools => {}, quota => 5);
 
 my $admin = $t->create_key($t->create_user(name => 'root',
                                            role => 'admin'))->{key};

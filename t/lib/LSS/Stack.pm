@@ -6,6 +6,8 @@ package LSS::Stack;
 #
 #   $t->controller_start(pools => { python => {minSize => 2, ...} });
 #   $t->controller_stop;  $t->controller_kill;  (sandboxes keep running)
+#   $t->stack_start(pools => {...}, quota => N)   all of it, nginx included
+#   my ($status, $body, $r) = $t->api(POST => '/sandboxes', $key, json => {})
 #   $t->sandbox_conf     the http{} directives of the sandbox API
 #   $t->runner_location  the runner location, for the server{}
 #   $t->nginx_user       workers unprivileged, in the runner sockets' group
@@ -18,6 +20,7 @@ use warnings;
 use strict;
 
 use File::Path qw/ make_path rmtree /;
+use JSON::XS;
 use POSIX qw/ :sys_wait_h /;
 use Time::HiRes qw/ sleep time /;
 
@@ -109,6 +112,60 @@ sub controller_log { $_[0]->read_file('controller.log') }
 sub ready_count {
     my ($self, $pool) = @_;
     return $self->redis()->llen("lss:pool:$pool:ready") // 0;
+}
+
+# The whole stack in one call: Redis, PostgreSQL with both schemas, the
+# controller with the given pools, and nginx serving the API with the
+# runner location (quota: live sandboxes per user).
+
+sub stack_start {
+    my ($self, %opts) = @_;
+
+    $self->redis_start();
+    $self->pg_start();
+    $self->dbh()->do($self->read_file("$LSS::Test::TOP/sql/controller.sql"));
+    $self->controller_start(pools => $opts{pools} // {});
+
+    my $ttl = $opts{key_ttl} // '60s';
+
+    $self->run(<<"EOF");
+%%TEST_GLOBALS%%
+${\ $self->nginx_user() }
+events { }
+http {
+    %%TEST_GLOBALS_HTTP%%
+    llmsafespace_redis %%REDIS%%;
+    llmsafespace_postgres "%%PG%%";
+    llmsafespace_key_cache zone=keys:1m ttl=$ttl;
+    ${\ $self->sandbox_conf(quota => $opts{quota}) }
+    server {
+        listen 127.0.0.1:%%PORT_8080%%;
+        client_max_body_size 1g;
+        location /api/v1/ {
+            llmsafespace_api;
+        }
+        ${\ $self->runner_location() }
+    }
+}
+EOF
+
+    return $self;
+}
+
+# api(METHOD, '/path under /api/v1', key, request options): the status,
+# the decoded body and the response; every JSON answer is checked
+# against docs/openapi.yaml (one test each)
+
+sub api {
+    my ($self, $method, $path, $key, %o) = @_;
+    my $r = $self->request($method, "/api/v1$path", key => $key,
+                           timeout => 120, %o);
+    my $body = eval { JSON::XS->new->utf8->decode($r->{body}) };
+
+    LSS::Test::openapi_ok($method, "/api/v1$path", $r->{status}, $r->{body})
+        if ($r->{headers}{'content-type'} // '') =~ m!^application/json!;
+
+    return ($r->{status}, $body, $r);
 }
 
 # the main-level "user" of an nginx that proxies to runners
