@@ -462,8 +462,9 @@ ngx_http_llmsafespace_create_validate(ngx_http_request_t *r,
 
     sb->runtime = name;
 
+    /* {"name","short","rootfs"}: twice the name, the rootfs, quotes */
     len = ngx_strlen(name);
-    aliases = ngx_pnalloc(r->pool, 3 * len + (fs ? ngx_strlen(fs) : 0) + 8);
+    aliases = ngx_pnalloc(r->pool, 2 * len + (fs ? ngx_strlen(fs) : 0) + 16);
     if (aliases == NULL) {
         return NGX_ERROR;
     }
@@ -1420,8 +1421,11 @@ ngx_http_llmsafespace_sandboxes_list(ngx_http_request_t *r,
             ngx_unescape_uri(&q, &eq, len, NGX_UNESCAPE_URI);
             name.len = q - name.data;
 
+            /* "%00" would reach PostgreSQL, which refuses NUL in jsonb */
             eq = ngx_strlchr(name.data, name.data + name.len, '=');
-            if (eq == NULL || eq == name.data) {
+            if (eq == NULL || eq == name.data
+                || ngx_strlchr(name.data, name.data + name.len, '\0'))
+            {
                 json_decref(labels);
                 return ngx_http_llmsafespace_send_field_error(r, 422,
                                "label", &(ngx_str_t) ngx_string(

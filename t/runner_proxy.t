@@ -120,6 +120,10 @@ ok(!exists $b->{headers}{'x-forwarded-for'}, 'no client headers at all');
 is($b->{headers}{'content-type'}, 'application/json', 'but the type');
 is($b->{length}, length('{"content":"x"}'), 'and the whole body');
 unlike($r->{raw}, qr/Set-Cookie/i, 'the runner cannot set cookies');
+is($r->{headers}{'x-content-type-options'}, 'nosniff',
+   'what a runner sends is never sniffed');
+like($r->{headers}{'content-security-policy'} // '', qr/^sandbox\b/,
+   'nor rendered as the API\'s page');
 ok(index($r->{body}, '"method"') >= 0,
    'X-Accel-Redirect from a runner is ignored');
 

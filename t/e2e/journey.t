@@ -232,6 +232,8 @@ is_deeply([map { $_->{id} } @{$res->{sandboxes}}], [$id], 'label filter');
 is($res->{total}, 0, 'phase filter');
 ($st, $res) = api('GET', '/sandboxes?phase=Bogus', $alice);
 is($st, 422, 'an unknown phase is refused');
+($st, $res) = api('GET', '/sandboxes?label=t%3D%00', $alice);
+is($st, 422, 'a label with NUL is refused, not a database error');
 ($st, $res) = api('GET', '/sandboxes', $bob);
 is($res->{total}, 0, 'bob sees none of them');
 ($st, $res) = api('GET', '/sandboxes', $admin);
