@@ -427,14 +427,6 @@ main(int argc, char **argv)
         return 1;
     }
 
-    lss_conf.fs_helper = lss_fsh_wanted();
-
-    lss_conf.data_ignored = lss_data_limit_ignored();
-    if (lss_conf.data_ignored) {
-        lss_log("RLIMIT_DATA is not enforced here: executions get "
-                "RLIMIT_AS as well");
-    }
-
     umask(022);
     signal(SIGPIPE, SIG_IGN);
 
@@ -445,7 +437,25 @@ main(int argc, char **argv)
     sigaddset(&set, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
 
-    if (lss_zygotes_start() != 0 || lss_http_start() != 0) {
+    /*
+     * The zygotes first: the interpreter's start is the longest step
+     * before the runner is ready (over 100 ms under gVisor), and the
+     * probes below (a fork among them) need not delay it.  Nothing that
+     * reads their results runs before the HTTP server does.
+     */
+    if (lss_zygotes_start() != 0) {
+        return 1;
+    }
+
+    lss_conf.fs_helper = lss_fsh_wanted();
+
+    lss_conf.data_ignored = lss_data_limit_ignored();
+    if (lss_conf.data_ignored) {
+        lss_log("RLIMIT_DATA is not enforced here: executions get "
+                "RLIMIT_AS as well");
+    }
+
+    if (lss_http_start() != 0) {
         return 1;
     }
 
