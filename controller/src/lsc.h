@@ -118,6 +118,8 @@ typedef struct {
                            size_t len);
     /* artifact ids (bundles, run dirs) with or without a container */
     int        (*artifacts)(struct lsc_ctx_s *ctx, char ***ids, size_t *n);
+    /* bound what a running sandbox accumulates on the host (its log) */
+    void       (*tidy)(struct lsc_ctx_s *ctx, const char *id);
 } lsc_driver_t;
 
 
@@ -137,6 +139,7 @@ typedef struct lsc_ctx_s {
     int              ready_timeout_ms;
     int              max_creates_per_tick;
     int              max_attempts;
+    int64_t          log_max;        /* --log-max: container.log bytes */
     int64_t          uid_base;
     int64_t          socket_gid;     /* -1: runner sockets as made */
     int              terminate_all;

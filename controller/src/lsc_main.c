@@ -54,6 +54,7 @@ lsc_usage(void)
         "  --tick-ms N          idle reconcile period (1000)\n"
         "  --ready-timeout-ms N runner readiness deadline (30000)\n"
         "  --max-creates N      containers started per tick (4)\n"
+        "  --log-max BYTES      a sandbox's container.log rotates past (1 MiB)\n"
         "  --uid-base N         first host uid of sandbox user ns\n"
         "  --socket-group GROUP runner sockets connectable by GROUP\n"
         "  --egress-subnet CIDR addresses of egress links (10.213.0.0/16)\n"
@@ -105,6 +106,7 @@ lsc_options(lsc_ctx_t *ctx, int argc, char **argv)
         { "tick-ms", required_argument, NULL, 't' },
         { "ready-timeout-ms", required_argument, NULL, 'T' },
         { "max-creates", required_argument, NULL, 'n' },
+        { "log-max", required_argument, NULL, 'L' },
         { "uid-base", required_argument, NULL, 'u' },
         { "socket-group", required_argument, NULL, 'g' },
         { "terminate-all", no_argument, NULL, 'X' },
@@ -131,6 +133,7 @@ lsc_options(lsc_ctx_t *ctx, int argc, char **argv)
     ctx->ready_timeout_ms = 30000;
     ctx->max_creates_per_tick = 4;
     ctx->max_attempts = 3;
+    ctx->log_max = 1 << 20;
     ctx->uid_base = 1 << 20;
     ctx->socket_gid = -1;
 
@@ -158,6 +161,7 @@ lsc_options(lsc_ctx_t *ctx, int argc, char **argv)
         case 't': ctx->tick_ms = atoi(optarg); break;
         case 'T': ctx->ready_timeout_ms = atoi(optarg); break;
         case 'n': ctx->max_creates_per_tick = atoi(optarg); break;
+        case 'L': ctx->log_max = atoll(optarg); break;
         case 'u': ctx->uid_base = atoll(optarg); break;
         case 'g':
             if (lsc_group_id(optarg, &ctx->socket_gid) != 0) {
@@ -184,7 +188,7 @@ lsc_options(lsc_ctx_t *ctx, int argc, char **argv)
 
     if (ctx->tick_ms < 10 || ctx->tick_ms > 60000
         || ctx->max_creates_per_tick < 1 || ctx->ready_timeout_ms < 100
-        || ctx->uid_base < 65536)
+        || ctx->uid_base < 65536 || ctx->log_max < 4096)
     {
         fprintf(stderr, "controller: option out of range\n");
         return -1;

@@ -430,6 +430,9 @@ lsc_reconcile(lsc_ctx_t *ctx)
             {
                 /* its pool is gone; a claimed one stays with its owner */
                 lsc_terminate(ctx, sb, "Terminated", "PoolRemoved", NULL);
+
+            } else {
+                ctx->driver->tidy(ctx, sb->id);
             }
         }
     }

@@ -2,10 +2,13 @@
 fill, restart, and the world adds up exactly; orphans go; a second
 controller waits for the first."""
 
+import json
 import os
+import secrets
+import subprocess
 import time
 
-from conftest import needs_root, wait_until
+from conftest import MKBUNDLE, ROOTFS, needs_root, wait_until
 
 pytestmark = needs_root
 
@@ -136,3 +139,43 @@ def test_postgresql_outage_delays_requests_but_loses_none(env, pg_server):
                what="served after the outage")
     assert env.record(first)[0] == "Running"
     assert env.r.xpending("lss:requests", "controllers")["pending"] == 0
+
+
+def test_leftover_container_without_bundle_is_removed_before_create(env):
+    # a container under the controller's runc root with a record's id but
+    # no bundle in the state dir (left by hand, or a runtime that kept it
+    # after its bundle went): the first create attempt must clear it
+    import secrets
+    import subprocess
+    from conftest import MKBUNDLE, ROOTFS
+    sid = "sb-" + secrets.token_hex(10)
+    elsewhere = os.path.join(env.dir, "elsewhere")
+    os.makedirs(os.path.join(elsewhere, "run"))
+    tok = os.path.join(elsewhere, "token.src")
+    with open(tok, "w") as f:
+        f.write("x" * 32)
+    subprocess.run([MKBUNDLE, "--rootfs", os.path.join(ROOTFS, "python"),
+                    "--bundle", os.path.join(elsewhere, "bundle"),
+                    "--run-dir", os.path.join(elsewhere, "run"),
+                    "--token-file", tok, "--runtime", "runc",
+                    "--id", "lss-" + sid], check=True)
+    subprocess.run(["runc", "--root", os.path.join(env.state, "runc"),
+                    "run", "--detach", "--bundle",
+                    os.path.join(elsewhere, "bundle"), "lss-" + sid],
+                   check=True, stdin=subprocess.DEVNULL,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert env.containers().get("lss-" + sid) == "running"
+
+    # the record first (as the gateway writes it), so that the container
+    # is not an orphan but in the way of the record's own
+    env.q("INSERT INTO sandboxes (id, owner, runtime, security_level,"
+          " timeout_s, resources, phase) VALUES (%s, 'alice', 'python',"
+          " 'standard', 600, %s, 'Pending')", sid,
+          json.dumps({"cpu": "1", "memory": "256Mi"}))
+    env.start()
+    wait_until(lambda: (env.record(sid) or ("",))[0] == "Running", 60,
+               what="Running")
+    # started at the first attempt, by a container of its own bundle
+    assert env.q("SELECT attempts FROM sandboxes WHERE id = %s",
+                 sid)[0][0] == 1
+    assert env.execute(sid, "print(1)")["stdout"] == "1\n"
