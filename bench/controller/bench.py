@@ -12,6 +12,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -24,7 +25,6 @@ sys.path.insert(0, os.path.join(TOP, "controller", "tests"))
 sys.path.insert(0, os.path.join(TOP, "runtimes", "oci"))
 
 import conftest  # noqa: E402
-import httpx  # noqa: E402
 import sandbox  # noqa: E402  (runtimes' bundle helper: the bare baseline)
 
 
@@ -69,15 +69,37 @@ def stop_pg(d):
 
 
 def runner_ready(sock, token):
-    if not os.path.exists(sock):
-        return False
+    """One raw HTTP/1.1 GET /readyz on the runner's socket: the cheapest
+    probe, so that the bare baseline pays no client start-up (an httpx
+    client costs milliseconds to make)."""
+    s = socket.socket(socket.AF_UNIX)
     try:
-        with httpx.Client(transport=httpx.HTTPTransport(uds=sock),
-                          base_url="http://r", timeout=1) as c:
-            return c.get("/readyz", headers={
-                conftest.TOKEN_HEADER: token}).status_code == 200
-    except httpx.TransportError:
+        s.settimeout(1)
+        s.connect(sock)
+        s.sendall(("GET /readyz HTTP/1.1\r\nHost: r\r\n%s: %s\r\n"
+                   "Connection: close\r\n\r\n"
+                   % (conftest.TOKEN_HEADER, token)).encode())
+        return s.recv(64).startswith(b"HTTP/1.1 200")
+    except OSError:
         return False
+    finally:
+        s.close()
+
+
+def bare_python(runtime, workdir):
+    """A bare foreground run of `python3 -c pass` in the same rootfs, to
+    its exit: the runtime's start plus an interpreter's."""
+    c = sandbox.Container(conftest.ROOTFS, workdir, runtime,
+                          command=["python3", "-c", "pass"])
+    try:
+        t0 = time.monotonic()
+        r = c.run()
+        dt = time.monotonic() - t0
+        if r.returncode != 0:
+            raise RuntimeError("bare python run failed: " + r.stderr)
+        return dt
+    finally:
+        c.delete()
 
 
 def bare(runtime, workdir, to_ready):
@@ -195,23 +217,31 @@ def main():
         controller_cold(env, "standard")
         bare("runc", work, True)
 
-        ctl, b_run, b_ready = [], [], []
+        ctl, b_run, b_ready, b_py = [], [], [], []
         for _ in range(args.rounds):
             ctl.append(controller_cold(env, "standard"))
             b_run.append(bare("runc", work, False))
             b_ready.append(bare("runc", work, True))
+            b_py.append(bare_python("runc", work))
         row(rows, "cold create → runner ready (runc), controller", ctl,
             "bare `runc run -d`", b_run)
         row(rows, "same", ctl, "bare `runc run -d` + runner /readyz",
             b_ready)
+        row(rows, "same", ctl, "bare `runc run` of `python3 -c pass`", b_py)
 
-        s_run = [bare("runsc", work, False)
-                 for _ in range(max(3, args.rounds // 2))]
+        s_run, s_ready, s_py, s_ctl = [], [], [], []
         try:
-            s_ctl = [controller_cold(env, "high")
-                     for _ in range(max(3, args.rounds // 2))]
+            for _ in range(max(3, args.rounds // 2)):
+                s_ctl.append(controller_cold(env, "high"))
+                s_run.append(bare("runsc", work, False))
+                s_ready.append(bare("runsc", work, True))
+                s_py.append(bare_python("runsc", work))
             row(rows, "cold create → runner ready (runsc), controller",
                 s_ctl, "bare `runsc run -d`", s_run)
+            row(rows, "same", s_ctl, "bare `runsc run -d` + runner /readyz",
+                s_ready)
+            row(rows, "same", s_ctl,
+                "bare `runsc run` of `python3 -c pass`", s_py)
         except TimeoutError:
             row(rows, "bare `runsc run -d` (controller run: see note)",
                 s_run)

@@ -7,7 +7,8 @@ between leave it with a record that says "warm, unclaimed" and a route
 that is gone: restoring that route would put a deleted sandbox, with its
 first owner's files, back in the pool for the next claimer.  Seen in the
 end to end benchmark; here the gap is held open on purpose by a `runc`
-on PATH that waits in `runc list` (which runs between the two reads)."""
+on PATH that waits in `runc list` (which, when the controller lists in
+full, runs between the two reads)."""
 
 import os
 import stat
@@ -53,8 +54,12 @@ def test_claimed_and_deleted_mid_tick_is_not_listed_again(env):
         wait_until(lambda: env.record(sid)[0] == "Running", 30,
                    what="Running")
 
-        # the next tick stops in `runc list`, its records already read
+        # the next full list stops in `runc list`, its tick's records
+        # already read; a stray artifact makes one: its removal (a
+        # destroy) makes the controller's next list a full one
         open(hold, "w").close()
+        os.makedirs(os.path.join(env.state, "bundles",
+                                 "sb-0000000000000000beef"))
         wait_until(lambda: os.path.exists(held), 30, what="a tick held")
 
         # what the gateway does, in its order: claim in Redis, bind the
