@@ -268,7 +268,8 @@ def main():
         ids = env.ready("bench")
         rows.append(("10 idle warm sandboxes: controller + sandboxes CPU "
                      "(% of one core)", "%.2f" % own_cpu(env, ids, 10), "",
-                     "", "", "", "includes runc list each 1 s tick"))
+                     "", "", "",
+                     "1 s ticks; a full runtime list every 30 s"))
         pss = [container_pss_kib(env, "lss-" + i, "runc") for i in ids]
         cg = []
         for i in ids:
