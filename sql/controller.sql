@@ -84,3 +84,22 @@ CREATE TABLE IF NOT EXISTS warm_pools (
     created_at        timestamptz NOT NULL DEFAULT now(),
     updated_at        timestamptz NOT NULL DEFAULT now()
 );
+
+-- What each warm sandbox of the pool is given, the keys of a sandbox's
+-- resources as numbers: cpu in cores, memory and ephemeralStorage in
+-- bytes (both writers store them so; absent keys are the controller's
+-- defaults).  Numbers only, because the gateway compares them with a
+-- create's in its plan query: a string there would fail every create.
+ALTER TABLE warm_pools ADD COLUMN IF NOT EXISTS
+    resources jsonb NOT NULL DEFAULT '{}'
+    CHECK (jsonb_typeof(resources) = 'object'
+           AND coalesce(jsonb_typeof(resources->'cpu'), 'number') = 'number'
+           AND coalesce(jsonb_typeof(resources->'memory'), 'number')
+               = 'number'
+           AND coalesce(jsonb_typeof(resources->'ephemeralStorage'),
+                        'number') = 'number');
+
+-- Seconds an unclaimed warm sandbox may live before it is replaced by a
+-- fresh one; NULL: no limit.
+ALTER TABLE warm_pools ADD COLUMN IF NOT EXISTS
+    ttl_s integer CHECK (ttl_s > 0);

@@ -26,6 +26,15 @@
 /* a sandbox id as stored and as used in paths and keys */
 #define LSC_ID_PREFIX     "sb-"
 
+/* a sandbox's resources: defaults, and the bounds a request is clamped to
+ * and a warm pool must keep within */
+#define LSC_DEF_CPU       1.0
+#define LSC_MIN_CPU       0.1
+#define LSC_MAX_CPU       2.0
+#define LSC_DEF_MEMORY    (512LL << 20)
+#define LSC_MIN_MEMORY    (64LL << 20)
+#define LSC_MAX_MEMORY    (8LL << 30)
+
 
 typedef struct {
     char        id[LSC_ID_LEN];
@@ -76,6 +85,10 @@ typedef struct {
     int         scale_down_delay;    /* seconds */
     char        packages[400];       /* comma separated, validated */
     json_t     *scripts;             /* [{name, content}], validated */
+    double      cpus;                /* what each warm sandbox gets */
+    int64_t     memory;              /* bytes */
+    char        resources[192];      /* the same as JSON, its record's */
+    int64_t     ttl;                 /* seconds unclaimed; 0: no limit */
 
     /* reconcile state */
     int64_t     last_scale_ms;

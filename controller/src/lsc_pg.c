@@ -11,9 +11,6 @@
 #include "lsc.h"
 
 
-#define LSC_DEF_MEMORY  (512LL << 20)
-#define LSC_MIN_MEMORY  (64LL << 20)
-#define LSC_MAX_MEMORY  (8LL << 30)
 #define LSC_DEF_PIDS    256
 
 #define LSC_MAX_TIMEOUT 86400
@@ -170,7 +167,8 @@ lsc_pg_load_sandboxes(lsc_ctx_t *ctx)
         sb->memory = lsc_parse_memory(json_object_get(res, "memory"),
                                       LSC_DEF_MEMORY, LSC_MIN_MEMORY,
                                       LSC_MAX_MEMORY);
-        sb->cpus = lsc_parse_cpu(json_object_get(res, "cpu"), 1.0, 0.1, 2.0);
+        sb->cpus = lsc_parse_cpu(json_object_get(res, "cpu"), LSC_DEF_CPU,
+                                 LSC_MIN_CPU, LSC_MAX_CPU);
         sb->pids = LSC_DEF_PIDS;
         json_decref(res);
         ctx->nsb++;
@@ -274,7 +272,7 @@ lsc_pg_insert_pool_pod(lsc_ctx_t *ctx, lsc_pool_t *pool)
 {
     PGresult    *r;
     char         id[LSC_ID_LEN];
-    const char  *p[4];
+    const char  *p[5];
 
     if (lsc_random_id(id, sizeof(id)) != 0) {
         return -1;
@@ -283,12 +281,14 @@ lsc_pg_insert_pool_pod(lsc_ctx_t *ctx, lsc_pool_t *pool)
     p[1] = pool->runtime;
     p[2] = pool->level;
     p[3] = pool->name;
+    /* the pool's limits become the record's, which the driver applies */
+    p[4] = pool->resources;
     r = lsc_pg_query(ctx,
         "WITH i AS (INSERT INTO sandboxes (id, runtime, security_level, pool,"
-        "  phase, reason) VALUES ($1, $2, $3, $4, 'Pending', 'PoolFill')"
-        "  RETURNING id)"
+        "  resources, phase, reason) VALUES ($1, $2, $3, $4, $5::jsonb,"
+        "  'Pending', 'PoolFill') RETURNING id)"
         " INSERT INTO sandbox_events (sandbox_id, phase, reason)"
-        " SELECT id, 'Pending', 'PoolFill' FROM i", 4, p);
+        " SELECT id, 'Pending', 'PoolFill' FROM i", 5, p);
     if (r == NULL) {
         return -1;
     }

@@ -7,6 +7,7 @@
 
 #include <ctype.h>
 #include <dirent.h>
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +20,15 @@
 #define LSC_POOL_MAX_SIZE    500
 #define LSC_POOLS_RELOAD_MS  2000
 #define LSC_SCRIPT_MAX       (64 * 1024)
+#define LSC_DELAY_MAX        86400
+#define LSC_TTL_MAX          (30 * 86400)
+/* the gateway's bound of any quantity in resources, 10T */
+#define LSC_STORAGE_MAX      10000000000000LL
+
+/* how a warm sandbox compares with its pool (lsc_pool_stale) */
+#define LSC_FRESH            0
+#define LSC_STALE            1    /* replace it, then retire it */
+#define LSC_STALE_NOW        2    /* retire it, replacement or not */
 
 
 static int
@@ -39,34 +49,127 @@ lsc_valid_package(const char *s)
 }
 
 
-/* seconds, or "30s", "5m", "1h" */
-static int
-lsc_duration(json_t *v, int def)
+/*
+ * Seconds: an integer, or a string of digits with an optional unit, "90",
+ * "30s", "5m", "2h", "1d".  -1 for anything else, so that a caller can
+ * refuse it.
+ */
+static int64_t
+lsc_duration(json_t *v)
 {
     const char  *s;
     char        *end;
-    long         n;
+    long long    n;
+    int64_t      unit;
 
     if (json_is_integer(v)) {
-        n = (long) json_integer_value(v);
-        return n < 0 ? 0 : (n > 86400 ? 86400 : (int) n);
-    }
-    if (!json_is_string(v)) {
-        return def;
+        n = json_integer_value(v);
+        return n < 0 ? -1 : (int64_t) n;
     }
     s = json_string_value(v);
-    n = strtol(s, &end, 10);
-    if (end == s || n < 0) {
-        return def;
+    if (s == NULL || !isdigit((unsigned char) s[0])) {
+        return -1;
     }
-    if (strcmp(end, "m") == 0) {
-        n *= 60;
+    errno = 0;
+    n = strtoll(s, &end, 10);
+    /* bounded so that n * unit cannot overflow */
+    if (errno != 0 || n > 1000000000LL) {
+        return -1;
+    }
+    if (*end == '\0' || strcmp(end, "s") == 0) {
+        unit = 1;
+    } else if (strcmp(end, "m") == 0) {
+        unit = 60;
     } else if (strcmp(end, "h") == 0) {
-        n *= 3600;
-    } else if (strcmp(end, "s") != 0 && *end != '\0') {
-        return def;
+        unit = 3600;
+    } else if (strcmp(end, "d") == 0) {
+        unit = 86400;
+    } else {
+        return -1;
     }
-    return n > 86400 ? 86400 : (int) n;
+    return (int64_t) n * unit;
+}
+
+
+/*
+ * The pool's resources: cpu (cores), memory and ephemeralStorage (bytes)
+ * as a sandbox's are written (lsc_parse_cpu, lsc_parse_memory), but a
+ * value out of the bounds a sandbox is clamped to is refused rather than
+ * clamped: the pool shows what its sandboxes get.  The result, with the
+ * defaults filled in, becomes p->resources, in the numeric form the
+ * gateway compares with a create's (sql/controller.sql).
+ */
+static int
+lsc_pool_resources(const char *name, json_t *res, lsc_pool_t *p)
+{
+    const char  *key;
+    json_t      *v, *out;
+    int64_t      storage;
+    char        *text;
+    int          rc;
+
+    p->cpus = LSC_DEF_CPU;
+    p->memory = LSC_DEF_MEMORY;
+    storage = 0;
+
+    if (res != NULL && !json_is_null(res) && !json_is_object(res)) {
+        lsc_log("warn", "warm pool %s: resources must be an object", name);
+        return -1;
+    }
+    json_object_foreach(res, key, v) {
+        if (strcmp(key, "cpu") == 0) {
+            /* -1: not a quantity; lo 0: a negative one is out of range */
+            p->cpus = lsc_parse_cpu(v, -1.0, 0.0, 1e9);
+            /* the driver writes millicores (config.json's quota) */
+            p->cpus = round(p->cpus * 1000.0) / 1000.0;
+            if (p->cpus < LSC_MIN_CPU || p->cpus > LSC_MAX_CPU) {
+                lsc_log("warn", "warm pool %s: resources.cpu must be 0.1 to"
+                        " 2 cores (a number, or \"500m\")", name);
+                return -1;
+            }
+        } else if (strcmp(key, "memory") == 0) {
+            p->memory = lsc_parse_memory(v, -1, 0, INT64_MAX);
+            if (p->memory < LSC_MIN_MEMORY || p->memory > LSC_MAX_MEMORY) {
+                lsc_log("warn", "warm pool %s: resources.memory must be 64Mi"
+                        " to 8Gi (bytes, or \"512Mi\")", name);
+                return -1;
+            }
+        } else if (strcmp(key, "ephemeralStorage") == 0) {
+            storage = lsc_parse_memory(v, -1, 0, INT64_MAX);
+            if (storage < 1 || storage > LSC_STORAGE_MAX) {
+                lsc_log("warn", "warm pool %s: resources.ephemeralStorage "
+                        "must be 1 byte to 10T", name);
+                return -1;
+            }
+        } else {
+            lsc_log("warn", "warm pool %s: unknown field resources.%s",
+                    name, key);
+            return -1;
+        }
+    }
+
+    out = json_object();
+    rc = json_object_set_new(out, "cpu", p->cpus == floor(p->cpus)
+                                         ? json_integer((json_int_t) p->cpus)
+                                         : json_real(p->cpus));
+    rc |= json_object_set_new(out, "memory", json_integer(p->memory));
+    if (storage > 0) {
+        rc |= json_object_set_new(out, "ephemeralStorage",
+                                  json_integer(storage));
+    }
+    /* 15 digits: 0.1 is written "0.1", not its nearest double */
+    text = rc == 0 ? json_dumps(out, JSON_COMPACT | JSON_SORT_KEYS
+                                     | JSON_REAL_PRECISION(15))
+                   : NULL;
+    json_decref(out);
+    if (text == NULL || strlen(text) >= sizeof(p->resources)) {
+        free(text);
+        lsc_log("error", "warm pool %s: cannot write its resources", name);
+        return -1;
+    }
+    memcpy(p->resources, text, strlen(text) + 1);
+    free(text);
+    return 0;
 }
 
 
@@ -95,6 +198,7 @@ lsc_pool_parse(lsc_ctx_t *ctx, const char *name, json_t *spec,
     const char  *rt, *lvl, *s;
     json_t      *v, *a, *sc;
     size_t       i, len;
+    int64_t      d;
 
     memset(p, 0, sizeof(*p));
     if (name == NULL || !lsc_valid_name(name, 48) || strchr(name, ':')) {
@@ -133,8 +237,27 @@ lsc_pool_parse(lsc_ctx_t *ctx, const char *name, json_t *spec,
     p->autoscale = json_is_true(json_object_get(a, "enabled"));
     p->target_util = lsc_int(json_object_get(a, "targetUtilization"), 80, 1,
                              100);
-    p->scale_down_delay = lsc_duration(json_object_get(a, "scaleDownDelay"),
-                                       300);
+    d = lsc_duration(json_object_get(a, "scaleDownDelay"));
+    p->scale_down_delay = d < 0 ? 300 : (int) (d > LSC_DELAY_MAX
+                                               ? LSC_DELAY_MAX : d);
+
+    if (lsc_pool_resources(name, json_object_get(spec, "resources"), p)
+        != 0)
+    {
+        return -1;
+    }
+
+    /* absent or null: no ttl; 0 is refused like garbage (CHECK ttl_s > 0) */
+    v = json_object_get(spec, "ttl");
+    if (v != NULL && !json_is_null(v)) {
+        p->ttl = lsc_duration(v);
+        if (p->ttl < 1 || p->ttl > LSC_TTL_MAX) {
+            lsc_log("warn", "warm pool %s: ttl must be 1 second to 30 days:"
+                    " seconds, or a number and s, m, h or d (\"30m\")",
+                    name);
+            return -1;
+        }
+    }
 
     len = 0;
     json_array_foreach(json_object_get(spec, "preloadPackages"), i, v) {
@@ -174,8 +297,8 @@ static int
 lsc_manifest_upsert(lsc_ctx_t *ctx, lsc_pool_t *p)
 {
     PGresult    *r;
-    char         mn[16], mx[16], *scripts, *as, pk[1100];
-    const char  *prm[9];
+    char         mn[16], mx[16], ttl[24], *scripts, *as, pk[1100];
+    const char  *prm[10];
     json_t      *pkgs;
     char        *tok, *save, buf[1024];
 
@@ -216,22 +339,27 @@ lsc_manifest_upsert(lsc_ctx_t *ctx, lsc_pool_t *p)
     prm[5] = pk;
     prm[6] = scripts ? scripts : "[]";
     prm[7] = as ? as : "{}";
+    prm[8] = p->resources;
+    snprintf(ttl, sizeof(ttl), "%lld", (long long) p->ttl);
+    prm[9] = p->ttl ? ttl : NULL;
 
     /* an API-made pool of the same name is left alone (logged below) */
     r = lsc_pg_query(ctx,
         "INSERT INTO warm_pools (name, runtime, min_size, max_size,"
         " security_level, preload_packages, preload_scripts, auto_scaling,"
-        " source) VALUES ($1, $2, $3::int, $4::int, $5, $6::jsonb, $7::jsonb,"
-        " $8::jsonb, 'manifest')"
+        " resources, ttl_s, source) VALUES ($1, $2, $3::int, $4::int, $5,"
+        " $6::jsonb, $7::jsonb, $8::jsonb, $9::jsonb, $10::int, 'manifest')"
         " ON CONFLICT (name) DO UPDATE SET runtime = $2, min_size = $3::int,"
         " max_size = $4::int, security_level = $5,"
         " preload_packages = $6::jsonb, preload_scripts = $7::jsonb,"
-        " auto_scaling = $8::jsonb, updated_at = now()"
+        " auto_scaling = $8::jsonb, resources = $9::jsonb, ttl_s = $10::int,"
+        " updated_at = now()"
         " WHERE warm_pools.source = 'manifest' AND (warm_pools.runtime, "
         " warm_pools.min_size, warm_pools.max_size, warm_pools.security_level,"
         " warm_pools.preload_packages, warm_pools.preload_scripts,"
-        " warm_pools.auto_scaling) IS DISTINCT FROM ($2, $3::int, $4::int,"
-        " $5, $6::jsonb, $7::jsonb, $8::jsonb)", 8, prm);
+        " warm_pools.auto_scaling, warm_pools.resources, warm_pools.ttl_s)"
+        " IS DISTINCT FROM ($2, $3::int, $4::int, $5, $6::jsonb, $7::jsonb,"
+        " $8::jsonb, $9::jsonb, $10::int)", 10, prm);
     free(scripts);
     free(as);
     if (r == NULL) {
@@ -364,7 +492,8 @@ lsc_pools_load(lsc_ctx_t *ctx)
         "SELECT name, json_build_object('runtime', runtime, 'minSize',"
         " min_size, 'maxSize', max_size, 'securityLevel', security_level,"
         " 'preloadPackages', preload_packages, 'preloadScripts',"
-        " preload_scripts, 'autoScaling', auto_scaling)::text, status::text"
+        " preload_scripts, 'autoScaling', auto_scaling, 'resources',"
+        " resources, 'ttl', ttl_s)::text, status::text"
         " FROM warm_pools ORDER BY name LIMIT 64", 0, NULL);
     if (r == NULL) {
         return -1;
@@ -484,12 +613,78 @@ lsc_pool_status(lsc_ctx_t *ctx, lsc_pool_t *p, int avail, int assigned,
 }
 
 
+/* an unclaimed running sandbox of the pool, not asked to be deleted */
+static int
+lsc_pool_idle(lsc_pool_t *p, lsc_sandbox_t *sb)
+{
+    return strcmp(sb->pool, p->name) == 0 && sb->owner[0] == '\0'
+           && !sb->delete_requested && strcmp(sb->phase, "Running") == 0;
+}
+
+
+/*
+ * Takes an idle sandbox off its pool's ready list and terminates it: 1,
+ * or 0 when a gateway's claim came first (retire.lua) or it failed.
+ */
+static int
+lsc_pool_retire(lsc_ctx_t *ctx, lsc_sandbox_t *sb, const char *reason,
+    const char *message)
+{
+    return lsc_redis_retire(ctx, sb) == 1
+           && lsc_terminate(ctx, sb, "Terminated", reason, message) == 0;
+}
+
+
+/*
+ * An unclaimed running sandbox against its pool's definition now.  Past
+ * the ttl (counted from its record's creation) it is replaced: a fresh
+ * one is started and it is retired once that one is ready, so that the
+ * pool does not run dry while it renews, or at the latest a ready
+ * timeout after the ttl, when its replacement could not start.  Made with
+ * other limits than the pool's (the pool was changed), it is replaced the
+ * same way if it has at least the pool's, and retired at once if it has
+ * less: a create that the pool's resources fit must not get it.
+ */
+static int
+lsc_pool_stale(lsc_ctx_t *ctx, lsc_pool_t *p, lsc_sandbox_t *sb,
+    int64_t now, const char **why)
+{
+    int64_t  age;
+
+    if (sb->memory < p->memory || sb->cpus < p->cpus - 0.0005) {
+        *why = "it has less than the pool's resources";
+        return LSC_STALE_NOW;
+    }
+
+    if (p->ttl > 0) {
+        age = now - sb->created_ms;
+        if (age >= p->ttl * 1000 + ctx->ready_timeout_ms) {
+            *why = "older than the pool's ttl, and not replaced in time";
+            return LSC_STALE_NOW;
+        }
+        if (age >= p->ttl * 1000) {
+            *why = "older than the pool's ttl";
+            return LSC_STALE;
+        }
+    }
+
+    if (sb->memory != p->memory || fabs(sb->cpus - p->cpus) > 0.0005) {
+        *why = "it has other resources than the pool's";
+        return LSC_STALE;
+    }
+
+    return LSC_FRESH;
+}
+
+
 /*
  * Per pool: desired = minSize, or with autoscaling the number of warm
  * sandboxes that keeps assigned / (assigned + warm) at or under
  * targetUtilization, within [minSize, maxSize].  Up at once; down only
  * after scaleDownDelay since the last change, and only sandboxes the
  * retire script takes off the ready list before any gateway claims them.
+ * Stale sandboxes (lsc_pool_stale) do not count towards desired: they are
+ * replaced, then retired by the same script, reason Recycled.
  */
 int
 lsc_pools_reconcile(lsc_ctx_t *ctx)
@@ -498,13 +693,15 @@ lsc_pools_reconcile(lsc_ctx_t *ctx)
     lsc_pool_t     *p;
     lsc_sandbox_t  *sb;
     int             avail, pending, assigned, want, have, surplus, made;
+    int             stale, recycle, st;
     int64_t         now;
+    const char     *why;
 
     now = lsc_now_ms();
 
     for (i = 0; i < ctx->npools; i++) {
         p = &ctx->pools[i];
-        avail = pending = assigned = 0;
+        avail = pending = assigned = stale = 0;
         for (k = 0; k < ctx->nsb; k++) {
             sb = &ctx->sb[k];
             if (strcmp(sb->pool, p->name) != 0
@@ -523,6 +720,7 @@ lsc_pools_reconcile(lsc_ctx_t *ctx)
                 continue;
             } else if (strcmp(sb->phase, "Running") == 0) {
                 avail++;
+                stale += lsc_pool_stale(ctx, p, sb, now, &why) != LSC_FRESH;
             } else {
                 pending++;
             }
@@ -556,7 +754,7 @@ lsc_pools_reconcile(lsc_ctx_t *ctx)
             p->last_scale_ms = now;
         }
 
-        have = avail + pending;
+        have = avail - stale + pending;
         made = 0;
         while (have < p->desired && made < ctx->max_creates_per_tick) {
             if (lsc_pg_insert_pool_pod(ctx, p) != 0) {
@@ -588,17 +786,33 @@ lsc_pools_reconcile(lsc_ctx_t *ctx)
         }
         for (k = 0; surplus > 0 && k < ctx->nsb; k++) {
             sb = &ctx->sb[k];
-            if (strcmp(sb->pool, p->name) != 0 || sb->owner[0] != '\0'
-                || sb->delete_requested
-                || strcmp(sb->phase, "Running") != 0)
-            {
-                continue;
-            }
-            if (lsc_redis_retire(ctx, sb) == 1
-                && lsc_terminate(ctx, sb, "Terminated", "ScaledDown", NULL)
-                   == 0)
+            if (lsc_pool_idle(p, sb)
+                && lsc_pool_stale(ctx, p, sb, now, &why) == LSC_FRESH
+                && lsc_pool_retire(ctx, sb, "ScaledDown", NULL))
             {
                 surplus--;
+                avail--;
+            }
+        }
+
+        /*
+         * Stale ones, oldest first (the records are read in creation
+         * order): as many as leave the desired number available, and
+         * every one that may not wait.  A claim wins over the retire
+         * script, and a claimed sandbox is not the pool's to renew.
+         */
+        recycle = stale - (p->desired - (avail - stale));
+        for (k = 0; stale > 0 && k < ctx->nsb; k++) {
+            sb = &ctx->sb[k];
+            if (!lsc_pool_idle(p, sb)) {
+                continue;
+            }
+            st = lsc_pool_stale(ctx, p, sb, now, &why);
+            if ((st == LSC_STALE_NOW || (st == LSC_STALE && recycle > 0))
+                && lsc_pool_retire(ctx, sb, "Recycled", why))
+            {
+                recycle--;
+                stale--;
                 avail--;
             }
         }
