@@ -113,6 +113,32 @@ ngx_int_t ngx_http_llmsafespace_sandboxes_delete(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id);
 
 /*
+ * A sandbox's resources as the controller applies them (lsc.h): the
+ * defaults and the bounds it clamps a create's to, and a warm pool's
+ * must keep within.
+ */
+#define NGX_HTTP_LLMSAFESPACE_CPU_DEFAULT      1
+#define NGX_HTTP_LLMSAFESPACE_CPU_MIN          0.1
+#define NGX_HTTP_LLMSAFESPACE_CPU_MAX          2
+#define NGX_HTTP_LLMSAFESPACE_MEMORY_DEFAULT   536870912       /* 512Mi */
+#define NGX_HTTP_LLMSAFESPACE_MEMORY_MIN       67108864        /* 64Mi */
+#define NGX_HTTP_LLMSAFESPACE_MEMORY_MAX       8589934592LL    /* 8Gi */
+
+/* the indexes of the values ngx_http_llmsafespace_check_resources() sets */
+#define NGX_HTTP_LLMSAFESPACE_RES_CPU          0
+#define NGX_HTTP_LLMSAFESPACE_RES_MEMORY       1
+#define NGX_HTTP_LLMSAFESPACE_RES_STORAGE      2
+#define NGX_HTTP_LLMSAFESPACE_RES_N            3
+
+/*
+ * "resources" {cpu, memory, ephemeralStorage} of a create or a warm pool:
+ * NGX_OK with each value (cores, bytes, bytes; -1 when not given), or
+ * NGX_DECLINED with the reason recorded
+ */
+ngx_int_t ngx_http_llmsafespace_check_resources(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, json_t *v, double *values);
+
+/*
  * ngx_http_llmsafespace_proxy.c: execute, stream, files and packages go to
  * the sandbox's runner; NGX_DECLINED for every other route.
  */

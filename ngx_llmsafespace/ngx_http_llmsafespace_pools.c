@@ -34,6 +34,10 @@
 #define NGX_HTTP_LLMSAFESPACE_SCRIPTS_MAX      16
 #define NGX_HTTP_LLMSAFESPACE_SCRIPT_MAX       (64 * 1024)
 #define NGX_HTTP_LLMSAFESPACE_DELAY_MAX        86400
+/* the bound of a number in any resources (check_resources), 10T */
+#define NGX_HTTP_LLMSAFESPACE_STORAGE_MAX      1e13
+/* the controller's LSC_TTL_MAX: 30 days */
+#define NGX_HTTP_LLMSAFESPACE_TTL_MAX          2592000
 
 
 #define NGX_HTTP_LLMSAFESPACE_POOL_TS(col)                                    \
@@ -52,7 +56,8 @@
     "'maxSize', " t "max_size, 'securityLevel', " t "security_level, "        \
     "'preloadPackages', " t "preload_packages, "                              \
     "'preloadScripts', " t "preload_scripts, "                                \
-    "'autoScaling', " t "auto_scaling, 'source', " t "source, "               \
+    "'autoScaling', " t "auto_scaling, 'resources', " t "resources, "         \
+    "'ttl', " t "ttl_s, 'source', " t "source, "                              \
     "'status', " NGX_HTTP_LLMSAFESPACE_POOL_STATUS(t) ", "                    \
     "'createdAt', " NGX_HTTP_LLMSAFESPACE_POOL_TS(t "created_at") ", "        \
     "'updatedAt', " NGX_HTTP_LLMSAFESPACE_POOL_TS(t "updated_at") ")::text"
@@ -71,6 +76,9 @@ typedef struct {
     const char                     *packages;     /* JSON text, or NULL */
     const char                     *scripts;
     const char                     *autoscaling;
+    const char                     *resources;    /* JSON text, or NULL */
+    const char                     *ttl;          /* seconds, or NULL */
+    ngx_uint_t                      ttl_given;    /* a patch's null too */
 } ngx_http_llmsafespace_pool_t;
 
 
@@ -93,6 +101,11 @@ static ngx_int_t ngx_http_llmsafespace_pool_scripts(ngx_http_request_t *r,
 static ngx_int_t ngx_http_llmsafespace_pool_autoscaling(
     ngx_http_request_t *r, ngx_http_llmsafespace_ctx_t *ctx, json_t *v,
     ngx_http_llmsafespace_pool_t *pool, ngx_uint_t create);
+static ngx_int_t ngx_http_llmsafespace_pool_resources(
+    ngx_http_request_t *r, ngx_http_llmsafespace_ctx_t *ctx, json_t *v,
+    ngx_http_llmsafespace_pool_t *pool, ngx_uint_t create);
+static ngx_int_t ngx_http_llmsafespace_pool_ttl(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, ngx_http_llmsafespace_pool_t *pool);
 static ngx_uint_t ngx_http_llmsafespace_pool_word(const char *s, size_t len);
 static const char *ngx_http_llmsafespace_pool_text(ngx_http_request_t *r,
     json_t *json);
@@ -126,15 +139,16 @@ static const char  ngx_http_llmsafespace_pools_status_sql[] =
 static const char  ngx_http_llmsafespace_pools_create_sql[] =
     "INSERT INTO warm_pools (name, runtime, min_size, max_size, "
     "security_level, preload_packages, preload_scripts, auto_scaling, "
-    "source) VALUES ($1, $2, $3::int, $4::int, $5, $6::jsonb, $7::jsonb, "
-    "$8::jsonb, 'api') "
+    "resources, ttl_s, source) VALUES ($1, $2, $3::int, $4::int, $5, "
+    "$6::jsonb, $7::jsonb, $8::jsonb, $9::jsonb, $10::int, 'api') "
     "RETURNING " NGX_HTTP_LLMSAFESPACE_POOL_JSON("");
 
 /*
  * One row: the pool's source and sizes, and the changed pool unless it is
  * a manifest's or the sizes would cross.  The sizes are compared on the
  * row being updated, so two concurrent patches cannot cross them either.
- * autoScaling is merged key by key; the lists are replaced.
+ * autoScaling and resources are merged key by key; the lists are
+ * replaced; ttl is set when given ($7), null included.
  */
 static const char  ngx_http_llmsafespace_pools_patch_sql[] =
     "WITH p AS (SELECT id, source, min_size, max_size FROM warm_pools "
@@ -145,6 +159,8 @@ static const char  ngx_http_llmsafespace_pools_patch_sql[] =
     "preload_packages = coalesce($4::jsonb, w.preload_packages), "
     "preload_scripts = coalesce($5::jsonb, w.preload_scripts), "
     "auto_scaling = w.auto_scaling || coalesce($6::jsonb, '{}'), "
+    "resources = w.resources || coalesce($9::jsonb, '{}'), "
+    "ttl_s = CASE WHEN $7 = 't' THEN $8::int ELSE w.ttl_s END, "
     "updated_at = now() "
     "FROM p WHERE w.id = p.id AND w.source = 'api' "
     "AND coalesce($2::int, w.min_size) <= coalesce($3::int, w.max_size) "
@@ -227,12 +243,13 @@ ngx_http_llmsafespace_warmpools_create(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id)
 {
     u_char                             *sizes;
-    const char                         *values[8];
+    const char                         *values[10];
     ngx_http_llmsafespace_pool_t        pool;
 
     static const char  *fields[] = {
         "name", "runtime", "minSize", "maxSize", "securityLevel",
-        "preloadPackages", "preloadScripts", "autoScaling", NULL
+        "preloadPackages", "preloadScripts", "autoScaling", "resources",
+        "ttl", NULL
     };
 
     if (!ngx_http_llmsafespace_api_have_pg(r)) {
@@ -268,12 +285,14 @@ ngx_http_llmsafespace_warmpools_create(ngx_http_request_t *r,
     values[5] = pool.packages ? pool.packages : "[]";
     values[6] = pool.scripts ? pool.scripts : "[]";
     values[7] = pool.autoscaling;
+    values[8] = pool.resources;
+    values[9] = pool.ttl;
 
     ctx->audit_object.data = (u_char *) pool.name;
     ctx->audit_object.len = ngx_strlen(pool.name);
 
     return ngx_http_llmsafespace_api_query(r, ctx,
-                                   ngx_http_llmsafespace_pools_create_sql, 8,
+                                   ngx_http_llmsafespace_pools_create_sql, 10,
                                    values,
                                    ngx_http_llmsafespace_warmpools_created);
 }
@@ -300,13 +319,13 @@ ngx_http_llmsafespace_warmpools_patch(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id)
 {
     u_char                             *p, *pid;
-    const char                         *key, *values[6];
+    const char                         *key, *values[9];
     json_t                             *v;
     ngx_http_llmsafespace_pool_t        pool;
 
     static const char  *fields[] = {
         "minSize", "maxSize", "preloadPackages", "preloadScripts",
-        "autoScaling", NULL
+        "autoScaling", "resources", "ttl", NULL
     };
 
     if (!ngx_http_llmsafespace_api_have_pg(r)) {
@@ -363,9 +382,12 @@ ngx_http_llmsafespace_warmpools_patch(ngx_http_request_t *r,
     values[3] = pool.packages;
     values[4] = pool.scripts;
     values[5] = pool.autoscaling;
+    values[6] = pool.ttl_given ? "t" : "f";
+    values[7] = pool.ttl;
+    values[8] = pool.resources;
 
     return ngx_http_llmsafespace_api_query(r, ctx,
-                                    ngx_http_llmsafespace_pools_patch_sql, 6,
+                                    ngx_http_llmsafespace_pools_patch_sql, 9,
                                     values,
                                     ngx_http_llmsafespace_warmpools_patched);
 }
@@ -543,7 +565,20 @@ ngx_http_llmsafespace_pool_spec(ngx_http_request_t *r,
         return NGX_DECLINED;
     }
 
-    return NGX_OK;
+    v = json_object_get(ctx->body, "resources");
+
+    if (v && json_is_null(v)) {
+        v = NULL;
+    }
+
+    if ((v || create)
+        && ngx_http_llmsafespace_pool_resources(r, ctx, v, pool, create)
+           != NGX_OK)
+    {
+        return NGX_DECLINED;
+    }
+
+    return ngx_http_llmsafespace_pool_ttl(r, ctx, pool);
 }
 
 
@@ -930,6 +965,148 @@ ngx_http_llmsafespace_pool_autoscaling(ngx_http_request_t *r,
 }
 
 
+/*
+ * {cpu, memory, ephemeralStorage}, checked as a create's are, but within
+ * the bounds the controller clamps a create's to rather than clamped: the
+ * pool shows what its sandboxes get, and the controller refuses a pool
+ * outside them.  Stored as numbers (cores, bytes), which the plan of a
+ * create compares with what it asks; a create stores cpu and memory
+ * always (the controller's defaults where not given), a patch what
+ * changes.
+ */
+
+static ngx_int_t
+ngx_http_llmsafespace_pool_resources(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, json_t *v,
+    ngx_http_llmsafespace_pool_t *pool, ngx_uint_t create)
+{
+    int      rc;
+    double   res[NGX_HTTP_LLMSAFESPACE_RES_N], cpu, memory, storage;
+    json_t  *out;
+
+    if (ngx_http_llmsafespace_check_resources(r, ctx, v, res) != NGX_OK) {
+        return NGX_DECLINED;
+    }
+
+    cpu = res[NGX_HTTP_LLMSAFESPACE_RES_CPU];
+    memory = res[NGX_HTTP_LLMSAFESPACE_RES_MEMORY];
+    storage = res[NGX_HTTP_LLMSAFESPACE_RES_STORAGE];
+
+    if (create && cpu < 0) {
+        cpu = NGX_HTTP_LLMSAFESPACE_CPU_DEFAULT;
+    }
+
+    if (create && memory < 0) {
+        memory = NGX_HTTP_LLMSAFESPACE_MEMORY_DEFAULT;
+    }
+
+    if (cpu >= 0) {
+
+        /* in millicores, as the controller writes the container's quota
+         * (only a value that can be in range: no overflow in the cast) */
+
+        if (cpu < 2 * NGX_HTTP_LLMSAFESPACE_CPU_MAX) {
+            cpu = (double) (int64_t) (cpu * 1000 + 0.5) / 1000;
+        }
+
+        if (cpu < NGX_HTTP_LLMSAFESPACE_CPU_MIN
+            || cpu > NGX_HTTP_LLMSAFESPACE_CPU_MAX)
+        {
+            return ngx_http_llmsafespace_api_invalid(r, ctx, 422,
+                                    "resources", "\"resources.cpu\" of a "
+                                    "warm pool must be 0.1 to 2 (cores, or "
+                                    "\"100m\" to \"2000m\")");
+        }
+    }
+
+    if (memory >= 0
+        && (memory < NGX_HTTP_LLMSAFESPACE_MEMORY_MIN
+            || memory > NGX_HTTP_LLMSAFESPACE_MEMORY_MAX))
+    {
+        return ngx_http_llmsafespace_api_invalid(r, ctx, 422, "resources",
+                                    "\"resources.memory\" of a warm pool "
+                                    "must be 64Mi to 8Gi");
+    }
+
+    if (storage >= 0
+        && (storage < 1 || storage > NGX_HTTP_LLMSAFESPACE_STORAGE_MAX))
+    {
+        return ngx_http_llmsafespace_api_invalid(r, ctx, 422, "resources",
+                                    "\"resources.ephemeralStorage\" must be "
+                                    "1 byte to 10T");
+    }
+
+    out = json_object();
+    if (out == NULL) {
+        return NGX_ERROR;
+    }
+
+    rc = 0;
+
+    if (cpu >= 0) {
+        rc |= json_object_set_new(out, "cpu",
+                                  cpu == (double) (int64_t) cpu
+                                  ? json_integer((json_int_t) cpu)
+                                  : json_real(cpu));
+    }
+
+    if (memory >= 0) {
+        rc |= json_object_set_new(out, "memory",
+                                  json_integer((json_int_t) memory));
+    }
+
+    if (storage >= 0) {
+        rc |= json_object_set_new(out, "ephemeralStorage",
+                                  json_integer((json_int_t) storage));
+    }
+
+    pool->resources = rc ? NULL : ngx_http_llmsafespace_pool_text(r, out);
+
+    json_decref(out);
+
+    return pool->resources ? NGX_OK : NGX_ERROR;
+}
+
+
+/* seconds; null is no ttl (a patch's null removes the pool's) */
+
+static ngx_int_t
+ngx_http_llmsafespace_pool_ttl(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, ngx_http_llmsafespace_pool_t *pool)
+{
+    u_char      *p;
+    json_int_t   ttl;
+
+    if (json_object_get(ctx->body, "ttl") == NULL) {
+        return NGX_OK;
+    }
+
+    pool->ttl_given = 1;
+    ttl = -1;
+
+    if (ngx_http_llmsafespace_pool_int(r, ctx, ctx->body, "ttl", "ttl", 1,
+                                       NGX_HTTP_LLMSAFESPACE_TTL_MAX, &ttl)
+        != NGX_OK)
+    {
+        return NGX_DECLINED;
+    }
+
+    if (ttl < 0) {
+        return NGX_OK;
+    }
+
+    p = ngx_pnalloc(r->pool, NGX_INT64_LEN + 1);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_sprintf(p, "%L%Z", (int64_t) ttl);
+    pool->ttl = (const char *) p;
+
+    return NGX_OK;
+}
+
+
 /* the controller's lsc_valid_package(), for packages and script names */
 
 static ngx_uint_t
@@ -961,7 +1138,9 @@ ngx_http_llmsafespace_pool_text(ngx_http_request_t *r, json_t *json)
     char    *p;
     size_t   len;
 
-    len = json_dumpb(json, NULL, 0, JSON_COMPACT);
+    /* 15 digits: a cpu of 0.1 is written "0.1", not its nearest double */
+
+    len = json_dumpb(json, NULL, 0, JSON_COMPACT | JSON_REAL_PRECISION(15));
     if (len == 0) {
         return NULL;
     }
@@ -971,7 +1150,9 @@ ngx_http_llmsafespace_pool_text(ngx_http_request_t *r, json_t *json)
         return NULL;
     }
 
-    if (json_dumpb(json, p, len, JSON_COMPACT) != len) {
+    if (json_dumpb(json, p, len, JSON_COMPACT | JSON_REAL_PRECISION(15))
+        != len)
+    {
         return NULL;
     }
 

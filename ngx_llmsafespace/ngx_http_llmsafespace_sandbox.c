@@ -65,6 +65,8 @@ typedef struct {
     const char                     *network;
     const char                     *labels;
     const char                     *pool;
+    const char                     *cpu;         /* what a cold create */
+    const char                     *memory;      /* would get: plan */
     ngx_uint_t                      timeout_s;
     ngx_uint_t                      warm;
     ngx_msec_t                      wait;        /* 0: answer at once */
@@ -81,8 +83,7 @@ static ngx_int_t ngx_http_llmsafespace_sandbox_query(ngx_http_request_t *r,
 static ngx_int_t ngx_http_llmsafespace_create_validate(
     ngx_http_request_t *r, ngx_http_llmsafespace_ctx_t *ctx,
     ngx_http_llmsafespace_sandbox_t *sb);
-static ngx_int_t ngx_http_llmsafespace_check_resources(
-    ngx_http_request_t *r, ngx_http_llmsafespace_ctx_t *ctx, json_t *v);
+static double ngx_http_llmsafespace_quantity_unit(const char *s, size_t len);
 static ngx_int_t ngx_http_llmsafespace_check_network(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, json_t *v);
 static ngx_int_t ngx_http_llmsafespace_check_labels(ngx_http_request_t *r,
@@ -136,15 +137,25 @@ static const char  *ngx_http_llmsafespace_phases[] = {
 
 /*
  * The caller's live sandboxes (for the quota) and a warm pool that serves
- * the runtime at the security level, the fullest first.
+ * the runtime at the security level with at least the cpu ($5) and the
+ * memory ($6) a cold create would get: of those with a sandbox ready, the
+ * smallest, so that a big pool is kept for the creates only it fits, then
+ * the fullest.  A pool's resources are numbers (sql/controller.sql); a
+ * key it does not have is the controller's default.
  */
 static const char  ngx_http_llmsafespace_plan_sql[] =
     "SELECT (SELECT count(*) FROM sandboxes WHERE owner = $1 "
     "AND phase NOT IN ('Terminated', 'Failed') "
     "AND delete_requested_at IS NULL), "
-    "(SELECT name FROM warm_pools WHERE $4 = 't' "
-    "AND runtime = ANY ($2::text[]) AND security_level = $3 "
-    "ORDER BY coalesce((status->>'availablePods')::int, 0) DESC, name "
+    "(SELECT name FROM warm_pools, LATERAL (SELECT "
+    "coalesce((resources->>'cpu')::numeric, "
+    ngx_value(NGX_HTTP_LLMSAFESPACE_CPU_DEFAULT) ") AS cpu, "
+    "coalesce((resources->>'memory')::numeric, "
+    ngx_value(NGX_HTTP_LLMSAFESPACE_MEMORY_DEFAULT) ") AS memory, "
+    "coalesce((status->>'availablePods')::int, 0) AS ready) p "
+    "WHERE $4 = 't' AND runtime = ANY ($2::text[]) AND security_level = $3 "
+    "AND p.cpu >= $5::numeric AND p.memory >= $6::numeric "
+    "ORDER BY p.ready > 0 DESC, p.memory, p.cpu, p.ready DESC, name "
     "LIMIT 1)";
 
 /*
@@ -369,7 +380,7 @@ ngx_http_llmsafespace_sandboxes_create(ngx_http_request_t *r,
 {
     ngx_int_t                         rc, wait;
     ngx_str_t                         v;
-    const char                       *values[4];
+    const char                       *values[6];
     ngx_http_llmsafespace_sandbox_t  *sb;
 
     if (ngx_http_llmsafespace_sandbox_init(r, ctx, NULL, &rc) != NGX_OK) {
@@ -401,9 +412,11 @@ ngx_http_llmsafespace_sandboxes_create(ngx_http_request_t *r,
     values[1] = sb->aliases;
     values[2] = sb->level;
     values[3] = sb->warm ? "t" : "f";
+    values[4] = sb->cpu;
+    values[5] = sb->memory;
 
     return ngx_http_llmsafespace_api_query(r, ctx,
-                                        ngx_http_llmsafespace_plan_sql, 4,
+                                        ngx_http_llmsafespace_plan_sql, 6,
                                         values,
                                         ngx_http_llmsafespace_create_planned);
 }
@@ -420,6 +433,8 @@ ngx_http_llmsafespace_create_validate(ngx_http_request_t *r,
 {
     u_char                             *p, *aliases;
     size_t                              i, len;
+    double                              res[NGX_HTTP_LLMSAFESPACE_RES_N];
+    double                              cpu, memory;
     json_t                             *v, *rt, *profile, *levels, *level;
     json_int_t                          timeout;
     const char                         *runtime, *profile_ref, *name, *fs;
@@ -592,16 +607,38 @@ ngx_http_llmsafespace_create_validate(ngx_http_request_t *r,
         sb->warm = json_is_true(v);
     }
 
-    /* a warm sandbox has default resources, no egress, no profile */
+    /*
+     * A warm sandbox has no egress and no profile, and its pool's
+     * resources: the plan takes a pool that has at least what the
+     * controller would give this create cold (its defaults where not
+     * given, clamped as it clamps).
+     */
 
     v = json_object_get(ctx->body, "resources");
-    if (ngx_http_llmsafespace_check_resources(r, ctx, v) != NGX_OK) {
+    if (ngx_http_llmsafespace_check_resources(r, ctx, v, res) != NGX_OK) {
         return NGX_DECLINED;
     }
 
-    if (json_is_object(v) && json_object_size(v)) {
-        sb->warm = 0;
+    cpu = res[NGX_HTTP_LLMSAFESPACE_RES_CPU];
+    cpu = (cpu < 0) ? NGX_HTTP_LLMSAFESPACE_CPU_DEFAULT
+                    : ngx_max(NGX_HTTP_LLMSAFESPACE_CPU_MIN,
+                              ngx_min(cpu, NGX_HTTP_LLMSAFESPACE_CPU_MAX));
+
+    memory = res[NGX_HTTP_LLMSAFESPACE_RES_MEMORY];
+    memory = (memory < 0) ? NGX_HTTP_LLMSAFESPACE_MEMORY_DEFAULT
+                          : ngx_max(NGX_HTTP_LLMSAFESPACE_MEMORY_MIN,
+                                    ngx_min(memory,
+                                            NGX_HTTP_LLMSAFESPACE_MEMORY_MAX));
+
+    p = ngx_pnalloc(r->pool, 2 * NGX_INT64_LEN + 8);
+    if (p == NULL) {
+        return NGX_ERROR;
     }
+
+    sb->cpu = (const char *) p;
+    p = ngx_sprintf(p, "%.3f%Z", cpu);
+    sb->memory = (const char *) p;
+    ngx_sprintf(p, "%L%Z", (int64_t) memory);
 
     sb->resources = ngx_http_llmsafespace_json_text(r, v);
 
@@ -641,18 +678,27 @@ ngx_http_llmsafespace_create_validate(ngx_http_request_t *r,
 }
 
 
-/* cpu: cores (number) or "500m"; memory and storage: bytes or "512Mi" */
+/*
+ * cpu: cores (number) or "500m"; memory and storage: bytes or "512Mi".
+ * The order of fields[] is that of NGX_HTTP_LLMSAFESPACE_RES_*.
+ */
 
-static ngx_int_t
+ngx_int_t
 ngx_http_llmsafespace_check_resources(ngx_http_request_t *r,
-    ngx_http_llmsafespace_ctx_t *ctx, json_t *v)
+    ngx_http_llmsafespace_ctx_t *ctx, json_t *v, double *values)
 {
-    size_t       i, n;
+    size_t       i, k, n;
+    double       unit;
     json_t      *e;
+    ngx_int_t    milli;
     const char  *key, *s;
 
     static const char  *fields[] = { "cpu", "memory", "ephemeralStorage",
                                      NULL };
+
+    for (k = 0; k < NGX_HTTP_LLMSAFESPACE_RES_N; k++) {
+        values[k] = -1;
+    }
 
     if (v == NULL || json_is_null(v)) {
         return NGX_OK;
@@ -666,13 +712,13 @@ ngx_http_llmsafespace_check_resources(ngx_http_request_t *r,
 
     json_object_foreach(v, key, e) {
 
-        for (i = 0; fields[i]; i++) {
-            if (ngx_strcmp(key, fields[i]) == 0) {
+        for (k = 0; fields[k]; k++) {
+            if (ngx_strcmp(key, fields[k]) == 0) {
                 break;
             }
         }
 
-        if (fields[i] == NULL) {
+        if (fields[k] == NULL) {
             return ngx_http_llmsafespace_api_invalid(r, ctx, 422,
                                     "resources", "unknown field "
                                     "\"resources.%s\"", key);
@@ -686,6 +732,8 @@ ngx_http_llmsafespace_check_resources(ngx_http_request_t *r,
                                     "resources", "\"resources.%s\" is out "
                                     "of range", key);
             }
+
+            values[k] = json_number_value(e);
 
             continue;
         }
@@ -708,20 +756,51 @@ ngx_http_llmsafespace_check_resources(ngx_http_request_t *r,
             /* void */
         }
 
-        if (i == 0 || i > 16 || s[0] == '.'
-            || !(i == n
-                 || (n - i == 1 && ngx_strchr("mkKMGT", s[i]))
-                 || (n - i == 2 && ngx_strchr("KMGT", s[i])
-                     && s[i + 1] == 'i')))
-        {
+        /* in thousandths: "500m" of a cpu and "1.5Gi" are exact */
+
+        milli = (i == 0 || i > 16 || s[0] == '.')
+                ? NGX_ERROR : ngx_atofp((u_char *) s, i, 3);
+        unit = ngx_http_llmsafespace_quantity_unit(s + i, n - i);
+
+        if (milli == NGX_ERROR || unit == 0) {
             return ngx_http_llmsafespace_api_invalid(r, ctx, 422,
                                     "resources", "\"resources.%s\" must be "
                                     "a quantity such as \"500m\", \"2\" or "
                                     "\"512Mi\"", key);
         }
+
+        values[k] = milli / 1000.0 * unit;
     }
 
     return NGX_OK;
+}
+
+
+/* the multiplier of a quantity's suffix; 0: not one */
+
+static double
+ngx_http_llmsafespace_quantity_unit(const char *s, size_t len)
+{
+    ngx_uint_t  i;
+
+    static const struct {
+        const char  *suffix;
+        double       unit;
+    } units[] = {
+        { "", 1 }, { "m", 1e-3 }, { "k", 1e3 }, { "K", 1e3 }, { "M", 1e6 },
+        { "G", 1e9 }, { "T", 1e12 }, { "Ki", 1024.0 }, { "Mi", 1048576.0 },
+        { "Gi", 1073741824.0 }, { "Ti", 1099511627776.0 }
+    };
+
+    for (i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
+        if (ngx_strlen(units[i].suffix) == len
+            && ngx_strncmp(s, units[i].suffix, len) == 0)
+        {
+            return units[i].unit;
+        }
+    }
+
+    return 0;
 }
 
 

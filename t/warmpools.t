@@ -3,9 +3,9 @@
 # Warm pools through the API (admin only): create, list, get, patch,
 # delete, status over the warm_pools table the controller reads.  A pool
 # the API accepts is a row in the shape the controller loads (source
-# 'api', the runtime's descriptor name, complete autoScaling); a pool it
-# refuses is answered with the field at fault; manifest pools are
-# read-only here.
+# 'api', the runtime's descriptor name, complete autoScaling, resources
+# as numbers); a pool it refuses is answered with the field at fault;
+# manifest pools are read-only here.
 
 use warnings;
 use strict;
@@ -67,7 +67,8 @@ sub row {
     return $dbh->selectrow_hashref(q{SELECT id, name, runtime, min_size,
         max_size, security_level, preload_packages::text AS packages,
         preload_scripts::text AS scripts, auto_scaling::text AS autoscaling,
-        source FROM warm_pools WHERE name = ?}, undef, $name);
+        resources::text AS resources, ttl_s, source FROM warm_pools
+        WHERE name = ?}, undef, $name);
 }
 
 my $js = JSON::XS->new->canonical;
@@ -112,6 +113,9 @@ is_deeply([ $py->{preloadPackages}, $py->{preloadScripts} ], [ [], [] ],
 is_deeply($py->{autoScaling}, { enabled => JSON::XS::false,
     targetUtilization => 80, scaleDownDelay => 300 },
     '  autoScaling with the controller\'s defaults, spelled out');
+is_deeply($py->{resources}, { cpu => 1, memory => 536870912 },
+    '  resources: the controller\'s defaults, in cores and bytes');
+is($py->{ttl}, undef, '  no ttl');
 is_deeply($py->{status}, { availablePods => 0, assignedPods => 0,
     pendingPods => 0, lastScaleTime => undef, conditions => [] },
     '  status all zero before the controller reports');
@@ -127,6 +131,9 @@ is(jsonb($row->{autoscaling}), jsonb('{"enabled": false, '
     '  auto_scaling complete');
 is_deeply([ @$row{qw/ packages scripts /} ], [ '[]', '[]' ],
     '  empty preload lists');
+is(jsonb($row->{resources}), jsonb('{"cpu": 1, "memory": 536870912}'),
+    '  resources complete for the controller');
+is($row->{ttl_s}, undef, '  ttl_s NULL');
 
 my $full = {
     name => 'node-hi', runtime => 'nodejs:18', minSize => 2, maxSize => 6,
@@ -157,10 +164,11 @@ is(jsonb($row->{autoscaling}), $js->encode($full->{autoScaling}),
 my ($spec) = $dbh->selectrow_array(q{SELECT json_build_object('runtime',
     runtime, 'minSize', min_size, 'maxSize', max_size, 'securityLevel',
     security_level, 'preloadPackages', preload_packages, 'preloadScripts',
-    preload_scripts, 'autoScaling', auto_scaling)::text FROM warm_pools
-    WHERE name = 'node-hi'});
-is_deeply($js->decode($spec), { map { $_ => $full->{$_} }
-    grep { $_ ne 'name' } keys %$full },
+    preload_scripts, 'autoScaling', auto_scaling, 'resources', resources,
+    'ttl', ttl_s)::text FROM warm_pools WHERE name = 'node-hi'});
+is_deeply($js->decode($spec), { (map { $_ => $full->{$_} }
+    grep { $_ ne 'name' } keys %$full),
+    resources => { cpu => 1, memory => 536870912 }, ttl => undef },
     '  the controller reads back the spec the API was given');
 
 $r = api('POST', '/warmpools', json => { name => 'base', runtime => 'base',
@@ -268,6 +276,40 @@ my @invalid = (
       autoScaling => { scaleDownDelay => 86401 } }, 'scaleDownDelay > 1 day' ],
     [ 422, 'autoScaling', { name => 'x', runtime => 'python',
       autoScaling => { minReplicas => 1 } }, 'an unknown autoScaling field' ],
+    # what the controller would clamp for a create, a pool may not hold
+    [ 422, 'resources', { name => 'x', runtime => 'python',
+      resources => { cpu => 3 } }, 'cpu over 2 cores' ],
+    [ 422, 'resources', { name => 'x', runtime => 'python',
+      resources => { cpu => '50m' } }, 'cpu under 100m' ],
+    [ 422, 'resources', { name => 'x', runtime => 'python',
+      resources => { memory => '16Gi' } }, 'memory over 8Gi' ],
+    [ 422, 'resources', { name => 'x', runtime => 'python',
+      resources => { memory => 32 * 1024 * 1024 } }, 'memory under 64Mi' ],
+    [ 422, 'resources', { name => 'x', runtime => 'python',
+      resources => { memory => 'lots' } }, 'memory not a quantity' ],
+    [ 422, 'resources', { name => 'x', runtime => 'python',
+      resources => { memory => '1..5Gi' } }, 'memory with two points' ],
+    [ 422, 'resources', { name => 'x', runtime => 'python',
+      resources => { memory => '512Mb' } }, 'memory with an unknown unit' ],
+    [ 422, 'resources', { name => 'x', runtime => 'python',
+      resources => { ephemeralStorage => '0' } }, 'no storage' ],
+    [ 422, 'resources', { name => 'x', runtime => 'python',
+      resources => { ephemeralStorage => '20T' } }, 'storage over 10T' ],
+    [ 422, 'resources', { name => 'x', runtime => 'python',
+      resources => { cpu => '9999999999Ti' } }, 'cpu absurdly large' ],
+    [ 422, 'resources', { name => 'x', runtime => 'python',
+      resources => { gpu => 1 } }, 'an unknown resource' ],
+    [ 400, 'resources', { name => 'x', runtime => 'python',
+      resources => '1Gi' }, 'resources a string' ],
+    [ 400, 'resources', { name => 'x', runtime => 'python',
+      resources => { memory => [ 1 ] } }, 'memory a list' ],
+    [ 400, 'ttl', { name => 'x', runtime => 'python', ttl => '30m' },
+      'ttl "30m" (the API takes seconds)' ],
+    [ 400, 'ttl', { name => 'x', runtime => 'python', ttl => 1.5 },
+      'ttl a fraction' ],
+    [ 422, 'ttl', { name => 'x', runtime => 'python', ttl => 0 }, 'ttl 0' ],
+    [ 422, 'ttl', { name => 'x', runtime => 'python', ttl => 2592001 },
+      'ttl over 30 days' ],
 );
 
 for my $c (@invalid) {
@@ -379,6 +421,67 @@ is_error(api('PATCH', '/warmpools/nope', json => { minSize => 1 }), 404,
 $row = row('py');
 is_deeply([ @$row{qw/ min_size max_size runtime security_level /} ],
     [ 2, 3, 'python:3.11', 'standard' ], 'refused patches changed nothing');
+
+###############################################################################
+# resources and ttl
+
+$r = api('POST', '/warmpools', json => { name => 'sized', runtime => 'python',
+    minSize => 0, resources => { cpu => '250m', memory => '1.5Gi',
+    ephemeralStorage => '2Gi' }, ttl => 3600 });
+is($r->{status}, 201, 'a pool with resources and a ttl: 201');
+is_deeply($r->{json}{resources}, { cpu => 0.25, memory => 1610612736,
+    ephemeralStorage => 2147483648 }, '  resources in cores and bytes');
+is($r->{json}{ttl}, 3600, '  ttl in seconds');
+$row = row('sized');
+is(jsonb($row->{resources}), jsonb('{"cpu": 0.25, "memory": 1610612736, '
+    . '"ephemeralStorage": 2147483648}'), '  so in the row');
+is($row->{ttl_s}, 3600, '  ttl_s');
+
+$r = api('POST', '/warmpools', json => { name => 'sized2',
+    runtime => 'python', minSize => 0, resources => { cpu => 0.1,
+    memory => 67108864 }, ttl => undef });
+is($r->{status}, 201, 'the smallest pool there may be, ttl null');
+is($js->encode($r->{json}{resources}), '{"cpu":0.1,"memory":67108864}',
+    '  0.1 written as such, not as the nearest double');
+is($r->{json}{ttl}, undef, '  no ttl');
+is(api('DELETE', '/warmpools/sized2')->{status}, 200, '  (removed)');
+
+$r = api('PATCH', '/warmpools/sized', json => { resources => {
+    memory => '512Mi' } });
+is($r->{status}, 200, 'PATCH resources.memory');
+is_deeply($r->{json}{resources}, { cpu => 0.25, memory => 536870912,
+    ephemeralStorage => 2147483648 }, '  merged key by key');
+is($r->{json}{ttl}, 3600, '  the ttl stays');
+
+$r = api('PATCH', '/warmpools/sized', json => { ttl => 60, maxSize => 2 });
+is_deeply([ $r->{status}, $r->{json}{ttl}, $r->{json}{maxSize} ],
+    [ 200, 60, 2 ], 'PATCH ttl with another field');
+$r = api('PATCH', '/warmpools/sized', json => { minSize => 1 });
+is_deeply([ $r->{json}{ttl}, $r->{json}{minSize} ], [ 60, 1 ],
+    '  a PATCH without ttl leaves it');
+$r = api('PATCH', '/warmpools/sized', json => { ttl => undef });
+is_deeply([ $r->{status}, $r->{json}{ttl} ], [ 200, undef ],
+    'PATCH ttl null: no ttl any more');
+is(row('sized')->{ttl_s}, undef, '  ttl_s NULL');
+
+is_error(api('PATCH', '/warmpools/sized', json => { resources => {
+    cpu => 4 } }), 422, 'validation_error', 'resources',
+    'PATCH resources out of bounds: 422');
+is_error(api('PATCH', '/warmpools/sized', json => { ttl => '1h' }), 400,
+    'bad_request', 'ttl', 'PATCH ttl "1h": 400');
+is(jsonb(row('sized')->{resources}), jsonb('{"cpu": 0.25, '
+    . '"memory": 536870912, "ephemeralStorage": 2147483648}'),
+    '  refused patches changed nothing');
+
+# the plan of a create compares numbers: the table keeps them so
+
+for my $bad ('{"cpu": "1"}', '{"memory": "512Mi"}', '[]') {
+    ok(!eval { $dbh->do(q{UPDATE warm_pools SET resources = ?::jsonb
+        WHERE name = 'sized'}, undef, $bad); 1 },
+        "the table refuses resources $bad");
+}
+ok(!eval { $dbh->do(q{UPDATE warm_pools SET ttl_s = 0
+    WHERE name = 'sized'}); 1 }, 'the table refuses a ttl of 0');
 
 ###############################################################################
 # manifest pools are the files'

@@ -4,7 +4,10 @@
 # with POST /warmpools (no manifest anywhere), it fills, its preloads reach
 # executions, a create claims from it, its status comes back through the
 # API, a PATCH grows it, and a DELETE retires its unclaimed sandboxes while
-# the claimed one keeps serving its owner.
+# the claimed one keeps serving its owner.  Pools with resources: each
+# warm sandbox has its pool's limits, a create claims only from a pool
+# whose resources are at least what it asks (the smallest such), else it
+# starts cold; a pool's ttl renews its unclaimed sandboxes.
 
 use warnings;
 use strict;
@@ -100,6 +103,99 @@ is(api(DELETE => "/sandboxes/$sb->{id}", $alice)->{status}, 202,
 ok($t->wait_for(sub {
     (api(GET => "/sandboxes/$sb->{id}", $alice)->{json}{phase} // '')
         eq 'Terminated' }, 60), '  Terminated');
+
+# resources: the pool's are the sandbox's, and a create takes a pool only
+# if it fits
+
+sub memory_limit {
+    my ($id) = @_;
+    open(my $f, '<', "/sys/fs/cgroup/memory/llmsafespace/lss-$id/"
+        . 'memory.limit_in_bytes') or return "none: $!";
+    my $v = <$f>;
+    chomp $v;
+    return $v;
+}
+
+for my $pool ([ big => { cpu => 2, memory => '1Gi' } ],
+    [ small => { cpu => '500m', memory => '256Mi' } ])
+{
+    $r = api(POST => '/warmpools', $admin, json => { name => $pool->[0],
+        runtime => 'python', minSize => 1, maxSize => 1,
+        resources => $pool->[1] });
+    is($r->{status}, 201, "a pool \"$pool->[0]\" with resources")
+        or diag($r->{body});
+    openapi_ok(POST => '/api/v1/warmpools', $r->{status}, $r->{body});
+}
+
+ok($t->wait_for(sub { $t->ready_count('big') >= 1
+    && $t->ready_count('small') >= 1 }, 120), 'both filled')
+    or diag($t->controller_log());
+# the plan prefers a pool with a sandbox ready: wait for both statuses
+ok($t->wait_for(sub {
+    my @n = grep { (api(GET => "/warmpools/$_/status", $admin)->{json}
+        {availablePods} // 0) >= 1 } qw/ big small /;
+    @n == 2 }, 30), '  and reported');
+
+my @created;
+
+$r = api(POST => '/sandboxes', $alice, json => { runtime => 'python',
+    resources => { cpu => '250m', memory => '200Mi' } });
+is($r->{status}, 201, 'a create asking 250m and 200Mi') or diag($r->{body});
+push @created, $r->{json}{id};
+is($r->{json}{pool}, 'small', '  claims from the smallest pool that fits');
+is_deeply($r->{json}{resources}, { cpu => 0.5, memory => 268435456 },
+    '  and shows the resources it has: the pool\'s');
+is(memory_limit($r->{json}{id}), 268435456, '  its memory cgroup says so');
+$r = api(POST => "/sandboxes/$r->{json}{id}/execute", $alice, json => {
+    type => 'code', content => "import resource\n"
+        . "print(resource.getrlimit(resource.RLIMIT_DATA)[0])" });
+is($r->{json} && $r->{json}{stdout}, 268435456 * 3 / 4 . "\n",
+    '  and so does an execution inside it (3/4 per process)');
+
+$r = api(POST => '/sandboxes', $alice, json => { runtime => 'python' });
+is($r->{status}, 201, 'a create asking nothing') or diag($r->{body});
+push @created, $r->{json}{id};
+is($r->{json}{pool}, 'big',
+    '  gets at least the defaults (1 cpu, 512Mi): not the small pool');
+is(memory_limit($r->{json}{id}), 1073741824, '  1Gi in its cgroup');
+
+$r = api(POST => '/sandboxes?wait=60', $alice, json => {
+    runtime => 'python', resources => { memory => '2Gi' } });
+is($r->{status}, 201, 'a create asking more than any pool has')
+    or diag($r->{body});
+push @created, $r->{json}{id};
+is($r->{json}{pool}, undef, '  starts cold');
+is($r->{json}{phase}, 'Running', '  and runs');
+is(memory_limit($r->{json}{id}), 2147483648, '  with what it asked');
+
+for my $id (@created) {
+    is(api(DELETE => "/sandboxes/$id", $alice)->{status}, 202,
+        "$id deleted");
+}
+
+# a ttl made through the API reaches the controller
+
+$r = api(POST => '/warmpools', $admin, json => { name => 'brief',
+    runtime => 'python', minSize => 1, maxSize => 1, ttl => 4 });
+is_deeply([ $r->{status}, $r->{json}{ttl} ], [ 201, 4 ],
+    'a pool with a ttl of 4 s');
+
+my $recycled = $t->wait_for(sub {
+    $t->dbh()->selectrow_array(q{SELECT id FROM sandboxes
+        WHERE pool = 'brief' AND phase = 'Terminated'
+        AND reason = 'Recycled'}) }, 120);
+ok($recycled, 'its unclaimed sandbox is recycled')
+    or diag($t->controller_log());
+ok($t->wait_for(sub {
+    my ($n) = $t->dbh()->selectrow_array(q{SELECT count(*) FROM sandboxes
+        WHERE pool = 'brief' AND phase = 'Running' AND id <> ?}, undef,
+        $recycled);
+    $n >= 1 }, 120), '  and replaced');
+
+for my $pool (qw/ big small brief /) {
+    is(api(DELETE => "/warmpools/$pool", $admin)->{status}, 200,
+        "pool $pool deleted");
+}
 
 # everything gone now rather than from an END block, where the exit
 # statuses of the clean-up's commands would become the test's own
