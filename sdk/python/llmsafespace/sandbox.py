@@ -38,8 +38,8 @@ class Sandbox:
 
     ``Sandbox(runtime, ...)`` creates one and returns when it is
     ``Running``: claimed at once from a warm pool when one matches (same
-    runtime and security level, no resources, egress or profile asked),
-    else started cold; the SDK then waits (``?wait=``, then polling) up to
+    runtime and security level, at least the resources asked, no egress
+    or profile asked), else started cold; the SDK then waits (``?wait=``, then polling) up to
     ``create_timeout`` seconds. A sandbox that fails to start raises
     :class:`~llmsafespace.SandboxError`; one that is still not running
     after ``create_timeout`` is terminated and raises
