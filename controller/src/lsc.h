@@ -247,6 +247,20 @@ int lsc_terminate(lsc_ctx_t *ctx, lsc_sandbox_t *sb, const char *final,
 int lsc_terminate_all(lsc_ctx_t *ctx);
 
 /* lsc_bundle.c */
+
+/* the strings mkbundle's argv points into (lsc_mkbundle_argv) */
+typedef struct {
+    char        uid[32];
+    char        mem[32];
+    char        pids[16];
+    char        cpus[32];
+    char        rargs[24][LSC_PATH_LEN];
+} lsc_mkbundle_buf_t;
+
+int lsc_mkbundle_argv(lsc_ctx_t *ctx, const lsc_sandbox_t *sb, json_t *rt,
+    int high, int64_t uid, const char *cid, const char *rootfs,
+    const char *bundle, const char *run, const char *token,
+    lsc_mkbundle_buf_t *buf, char **argv);
 int lsc_bundle_write(lsc_ctx_t *ctx, lsc_sandbox_t *sb, json_t *rt,
     const char *fs, int high, const char *bundle, const char *run,
     const char *token, char **extra, int nextra);

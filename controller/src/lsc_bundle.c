@@ -41,20 +41,75 @@ static lsc_template_t  lsc_templates[LSC_MAX_TEMPLATES];
 static size_t          lsc_ntemplates, lsc_next;
 
 
+/*
+ * mkbundle's arguments for one sandbox's bundle, as its limits and runtime
+ * ask: the same for a template and for a sandbox's own bundle (the
+ * fallback), so that both describe one confinement.  Returns argc;
+ * argv needs room for 22 + 24 entries and the caller's own after them.
+ */
+int
+lsc_mkbundle_argv(lsc_ctx_t *ctx, const lsc_sandbox_t *sb, json_t *rt,
+    int high, int64_t uid, const char *cid, const char *rootfs,
+    const char *bundle, const char *run, const char *token,
+    lsc_mkbundle_buf_t *buf, char **argv)
+{
+    int      argc;
+    size_t   i;
+    json_t  *v;
+
+    snprintf(buf->uid, sizeof(buf->uid), "%lld", (long long) uid);
+    snprintf(buf->mem, sizeof(buf->mem), "%lld", (long long) sb->memory);
+    snprintf(buf->pids, sizeof(buf->pids), "%d", sb->pids);
+    snprintf(buf->cpus, sizeof(buf->cpus), "%.3f", sb->cpus);
+
+    argc = 0;
+    argv[argc++] = ctx->mkbundle;
+    argv[argc++] = "--rootfs";
+    argv[argc++] = (char *) rootfs;
+    argv[argc++] = "--bundle";
+    argv[argc++] = (char *) bundle;
+    argv[argc++] = "--run-dir";
+    argv[argc++] = (char *) run;
+    argv[argc++] = "--token-file";
+    argv[argc++] = (char *) token;
+    argv[argc++] = "--runtime";
+    argv[argc++] = high ? "runsc" : "runc";
+    argv[argc++] = "--id";
+    argv[argc++] = (char *) cid;
+    argv[argc++] = "--uid-base";
+    argv[argc++] = buf->uid;
+    argv[argc++] = "--memory";
+    argv[argc++] = buf->mem;
+    argv[argc++] = "--pids";
+    argv[argc++] = buf->pids;
+    argv[argc++] = "--cpus";
+    argv[argc++] = buf->cpus;
+    json_array_foreach(json_object_get(rt, "runnerArgs"), i, v) {
+        if (i >= 24 || !json_is_string(v)) {
+            break;
+        }
+        snprintf(buf->rargs[i], LSC_PATH_LEN, "--runner-arg=%s",
+                 json_string_value(v));
+        argv[argc++] = buf->rargs[i];
+    }
+    argv[argc] = NULL;
+    return argc;
+}
+
+
 static json_t *
 lsc_template_make(lsc_ctx_t *ctx, const char *fs, json_t *rt, int high,
     lsc_sandbox_t *sb)
 {
-    char          dir[LSC_PATH_LEN + 64], bundle[LSC_PATH_LEN + 80];
-    char          run[LSC_PATH_LEN + 100], token[LSC_PATH_LEN + 100];
-    char          rootfs[LSC_PATH_LEN + 64], cfgpath[LSC_PATH_LEN + 100];
-    char          uid[32], rargs[24][LSC_PATH_LEN];
-    char          mem[32], pids[16], cpus[32];
-    char         *argv[64];
-    int           argc, fd;
-    size_t        i;
-    json_t       *v, *cfg;
-    json_error_t  err;
+    char                 dir[LSC_PATH_LEN + 64], bundle[LSC_PATH_LEN + 80];
+    char                 run[LSC_PATH_LEN + 100], token[LSC_PATH_LEN + 100];
+    char                 rootfs[LSC_PATH_LEN + 64];
+    char                 cfgpath[LSC_PATH_LEN + 100];
+    char                *argv[64];
+    int                  fd;
+    json_t              *cfg;
+    json_error_t         err;
+    lsc_mkbundle_buf_t   buf;
 
     snprintf(dir, sizeof(dir), "%s/templates", ctx->state_dir);
     if (mkdir(dir, 0700) == -1 && errno != EEXIST) {
@@ -65,10 +120,6 @@ lsc_template_make(lsc_ctx_t *ctx, const char *fs, json_t *rt, int high,
     snprintf(run, sizeof(run), "%s-run", bundle);
     snprintf(token, sizeof(token), "%s-token", bundle);
     snprintf(rootfs, sizeof(rootfs), "%s/%s", ctx->rootfs_dir, fs);
-    snprintf(uid, sizeof(uid), "%lld", (long long) ctx->uid_base);
-    snprintf(mem, sizeof(mem), "%lld", (long long) sb->memory);
-    snprintf(pids, sizeof(pids), "%d", sb->pids);
-    snprintf(cpus, sizeof(cpus), "%.3f", sb->cpus);
 
     lsc_rmtree(bundle);
     lsc_rmtree(run);
@@ -79,37 +130,8 @@ lsc_template_make(lsc_ctx_t *ctx, const char *fs, json_t *rt, int high,
     }
     close(fd);
 
-    argc = 0;
-    argv[argc++] = ctx->mkbundle;
-    argv[argc++] = "--rootfs";
-    argv[argc++] = rootfs;
-    argv[argc++] = "--bundle";
-    argv[argc++] = bundle;
-    argv[argc++] = "--run-dir";
-    argv[argc++] = run;
-    argv[argc++] = "--token-file";
-    argv[argc++] = token;
-    argv[argc++] = "--runtime";
-    argv[argc++] = high ? "runsc" : "runc";
-    argv[argc++] = "--id";
-    argv[argc++] = "lss-template";
-    argv[argc++] = "--uid-base";
-    argv[argc++] = uid;
-    argv[argc++] = "--memory";
-    argv[argc++] = mem;
-    argv[argc++] = "--pids";
-    argv[argc++] = pids;
-    argv[argc++] = "--cpus";
-    argv[argc++] = cpus;
-    json_array_foreach(json_object_get(rt, "runnerArgs"), i, v) {
-        if (i >= 24 || !json_is_string(v)) {
-            break;
-        }
-        snprintf(rargs[i], LSC_PATH_LEN, "--runner-arg=%s",
-                 json_string_value(v));
-        argv[argc++] = rargs[i];
-    }
-    argv[argc] = NULL;
+    lsc_mkbundle_argv(ctx, sb, rt, high, ctx->uid_base, "lss-template",
+                      rootfs, bundle, run, token, &buf, argv);
 
     cfg = NULL;
     if (lsc_spawn(argv, NULL, 0, NULL) == 0) {

@@ -168,18 +168,18 @@ lsc_preload(lsc_ctx_t *ctx, lsc_sandbox_t *sb, lsc_pool_t *pool,
 static int
 lsc_local_create(lsc_ctx_t *ctx, lsc_sandbox_t *sb, lsc_pool_t *pool)
 {
-    json_t      *rt, *ra, *v;
-    const char  *fs, *runtime;
-    char        *argv[LSC_MAX_ARGS];
-    char         bundle[LSC_PATH_LEN], run[LSC_PATH_LEN];
-    char         rootfs[LSC_PATH_LEN + 64], token[LSC_PATH_LEN + 16];
-    char         cid[LSC_ID_LEN + 8], mem[32], pids[16], cpus[32], uid[32];
-    char         log[LSC_PATH_LEN + 32], mark[LSC_PATH_LEN + 16];
-    char         root[LSC_PATH_LEN + 16];
-    char         rargs[24][LSC_PATH_LEN], pbufs[2 + LSC_MAX_SCRIPTS][LSC_PATH_LEN];
-    char        *extra[2 + 2 * LSC_MAX_SCRIPTS];
-    int          argc, high, rc, first, k, egress;
-    size_t       i;
+    json_t              *rt;
+    const char          *fs, *runtime;
+    char                *argv[LSC_MAX_ARGS];
+    char                 bundle[LSC_PATH_LEN], run[LSC_PATH_LEN];
+    char                 rootfs[LSC_PATH_LEN + 64], token[LSC_PATH_LEN + 16];
+    char                 cid[LSC_ID_LEN + 8];
+    char                 log[LSC_PATH_LEN + 32], mark[LSC_PATH_LEN + 16];
+    char                 root[LSC_PATH_LEN + 16];
+    char                 pbufs[2 + LSC_MAX_SCRIPTS][LSC_PATH_LEN];
+    char                *extra[2 + 2 * LSC_MAX_SCRIPTS];
+    int                  argc, high, rc, first, k, egress;
+    lsc_mkbundle_buf_t   mb;
 
     rt = lsc_runtime_find(ctx, sb->runtime);
     if (rt == NULL) {
@@ -198,11 +198,6 @@ lsc_local_create(lsc_ctx_t *ctx, lsc_sandbox_t *sb, lsc_pool_t *pool)
     snprintf(log, sizeof(log), "%s/container.log", bundle);
     snprintf(mark, sizeof(mark), "%s/runtime", bundle);
     snprintf(cid, sizeof(cid), "lss-%s", sb->id);
-    snprintf(mem, sizeof(mem), "%lld", (long long) sb->memory);
-    snprintf(pids, sizeof(pids), "%d", sb->pids);
-    snprintf(cpus, sizeof(cpus), "%.3f", sb->cpus);
-    snprintf(uid, sizeof(uid), "%lld",
-             (long long) (ctx->uid_base + (int64_t) sb->slot * LSC_UID_RANGE));
 
     if (mkdir(bundle, 0700) == -1 && errno != EEXIST) {
         lsc_log("error", "%s: %s", bundle, strerror(errno));
@@ -217,38 +212,10 @@ lsc_local_create(lsc_ctx_t *ctx, lsc_sandbox_t *sb, lsc_pool_t *pool)
         return -1;
     }
 
-    argc = 0;
-    argv[argc++] = ctx->mkbundle;
-    argv[argc++] = "--rootfs";
-    argv[argc++] = rootfs;
-    argv[argc++] = "--bundle";
-    argv[argc++] = bundle;
-    argv[argc++] = "--run-dir";
-    argv[argc++] = run;
-    argv[argc++] = "--token-file";
-    argv[argc++] = token;
-    argv[argc++] = "--runtime";
-    argv[argc++] = (char *) runtime;
-    argv[argc++] = "--id";
-    argv[argc++] = cid;
-    argv[argc++] = "--memory";
-    argv[argc++] = mem;
-    argv[argc++] = "--pids";
-    argv[argc++] = pids;
-    argv[argc++] = "--cpus";
-    argv[argc++] = cpus;
-    argv[argc++] = "--uid-base";
-    argv[argc++] = uid;
-
-    ra = json_object_get(rt, "runnerArgs");
-    json_array_foreach(ra, i, v) {
-        if (i >= 24 || !json_is_string(v)) {
-            break;
-        }
-        snprintf(rargs[i], LSC_PATH_LEN, "--runner-arg=%s",
-                 json_string_value(v));
-        argv[argc++] = rargs[i];
-    }
+    argc = lsc_mkbundle_argv(ctx, sb, rt, high,
+                             ctx->uid_base
+                             + (int64_t) sb->slot * LSC_UID_RANGE,
+                             cid, rootfs, bundle, run, token, &mb, argv);
 
     first = argc;
     if (pool != NULL) {
