@@ -449,6 +449,26 @@ import json; print(json.dumps(res))
     assert runner.healthy()
 
 
+def test_no_device_nodes(runner):
+    # gVisor 20221219 lets any user make a device node, which then opens
+    # (a character device 1:3 is /dev/null there); the seccomp profile
+    # allows mknod for files, FIFOs and sockets only
+    r = runner.py(r"""
+import errno, os, stat
+out = []
+for kind, mode in (("chr", stat.S_IFCHR), ("blk", stat.S_IFBLK),
+                   ("fifo", stat.S_IFIFO), ("reg", stat.S_IFREG)):
+    p = "/tmp/node-" + kind
+    try:
+        os.mknod(p, mode | 0o666, os.makedev(1, 3))
+        out.append(kind + ":made")
+    except OSError as e:
+        out.append(kind + ":" + errno.errorcode[e.errno])
+print(" ".join(out))
+""")
+    assert r["stdout"] == "chr:EPERM blk:EPERM fifo:made reg:made\n", r
+
+
 def test_fork_bomb(start_runner, runtime):
     # gVisor keeps every sandbox process in Sentry memory (~10 MiB for a
     # forked interpreter): room for the 48 the pids limit allows
@@ -466,6 +486,73 @@ def test_fork_bomb(start_runner, runtime):
     r = runner.execute("ps -e -o uid= 2>/dev/null | grep -c 1000 || "
                        "ls /proc | grep -c '^[0-9]'", type="command")
     assert r["status"] in ("completed", "failed")
+
+
+def test_fork_bomb_default_limits(start_runner, runtime):
+    # the default sandbox (256 pids, 512 MiB): under gVisor every process
+    # is Sentry memory, and the bomb used to bring the host's memory
+    # cgroup to its limit, whose OOM killer then killed the Sentry
+    runner = start_runner(runtime, memory=512 << 20)
+    res = runner.http.post("/execute", timeout=30, json={
+        "type": "code", "language": "python", "timeout": 5,
+        "content": "import os\nwhile True:\n    try:\n        os.fork()\n"
+                   "    except OSError:\n        pass"})
+    assert res.status_code == 200, res.text
+    assert res.json()["status"] in ("timeout", "failed")
+    assert runner.healthy()
+    assert runner.py("print(6 * 7)")["stdout"] == "42\n"
+
+
+def test_processes_fill_memory_together(start_runner, runtime):
+    # each stays within its own limit (RLIMIT_DATA / RLIMIT_AS: 3/4 of
+    # the memory), together they exceed the sandbox's
+    runner = start_runner(runtime, memory=512 << 20)
+    res = runner.http.post("/execute", timeout=60, json={
+        "type": "code", "language": "python", "timeout": 30,
+        "content": "import os, time\nfor i in range(3):\n"
+                   "    if os.fork() == 0:\n"
+                   "        b = [b'x' * (1 << 20) for _ in range(300)]\n"
+                   "        time.sleep(10)\n        os._exit(0)\n"
+                   "for i in range(3):\n    os.wait()\nprint('survived')"})
+    assert res.status_code == 200, res.text
+    r = res.json()
+    if runtime == "runsc":
+        # the runner's memory guard ends the execution
+        assert r["status"] == "failed", r
+        assert r["exitCode"] == 137
+        assert "memory limit" in r["error"]
+        assert "survived" not in r["stdout"]
+    # under runc the kernel's OOM killer takes some of the children
+    assert runner.healthy()
+    assert runner.py("print(6 * 7)")["stdout"] == "42\n"
+
+
+def test_memory_guard_streamed(start_runner):
+    # the stream says why the execution ended
+    runner = start_runner("runsc", memory=256 << 20)
+
+    async def go():
+        ws = await runner.ws()
+        try:
+            await ws.send(json.dumps({
+                "type": "execute", "executionId": "m1", "mode": "code",
+                "language": "python", "timeout": 30,
+                "content": "import os, time\nfor i in range(2):\n"
+                           "    if os.fork() == 0:\n"
+                           "        b = [b'x' * (1 << 20)"
+                           " for _ in range(180)]\n"
+                           "        time.sleep(10)\n        os._exit(0)\n"
+                           "for i in range(2):\n    os.wait()\n"}))
+            return await asyncio.wait_for(recv_until(ws, final("m1")), 60)
+        finally:
+            await ws.close()
+
+    msgs = asyncio.run(go())
+    errors = [m for m in msgs if m["type"] == "error"]
+    assert [e["code"] for e in errors] == ["memory_limit"], msgs
+    done = [m for m in msgs if m["type"] == "execution_complete"]
+    assert done and done[0]["status"] == "failed"
+    assert runner.healthy()
 
 
 def test_memory_bomb(start_runner, runtime):

@@ -196,6 +196,21 @@ def test_bundle_config(tmp_path, runtime):
         owner = 0
         assert {"type": "RLIMIT_NPROC", "hard": 77, "soft": 77} in \
             pr["rlimits"]
+    # the runner's limits: the last of a repeated option wins, so each
+    # appears once
+    args = pr["args"]
+    opt = {a: args[i + 1] for i, a in enumerate(args) if a.startswith("--")
+           and i + 1 < len(args)}
+    assert args.count("--nproc-limit") == 1
+    assert opt["--mem-limit"] == str((100 << 20) * 3 // 4)
+    if runtime == "runc":
+        assert opt["--nproc-limit"] == "61"
+        assert "--mem-guard" not in args
+    else:
+        # one process per 8 MiB of memory (12), within pids - 16; the
+        # whole sandbox held to its memory by the runner
+        assert opt["--nproc-limit"] == "12"
+        assert opt["--mem-guard"] == str(100 << 20)
     for p in ("/proc/kcore", "/proc/keys", "/proc/timer_list",
               "/sys/firmware", "/proc/scsi"):
         assert p in lx["maskedPaths"]

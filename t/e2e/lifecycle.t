@@ -112,6 +112,35 @@ like($runsc, qr/lss-\Q$high->{id}\E/, 'in a gVisor (runsc) container');
                 json => { type => 'code', content => 'print(6*7)' });
 is($b->{stdout}, "42\n", 'and it executes');
 
+# Hostile code under gVisor ends as under runc: the execution, not the
+# sandbox (the Sentry is the whole sandbox on the host; see
+# docs/runner.md, "The memory guard").
+($st, $b) = api('POST', "/sandboxes/$high->{id}/execute", $alice,
+                json => { type => 'code', timeout => 5, content =>
+                    "import os\nwhile True:\n    try:\n        os.fork()\n"
+                    . "    except OSError:\n        pass" });
+is($st, 200, 'a fork bomb is answered') or diag(explain($b));
+like($b->{status} // '', qr/^(timeout|failed)$/, 'as ended');
+
+($st, $b) = api('POST', "/sandboxes/$high->{id}/execute", $alice,
+                json => { type => 'code', timeout => 20, content =>
+                    "import os, time\nfor i in range(3):\n"
+                    . "    if os.fork() == 0:\n"
+                    . "        b = [b'x' * (1 << 20) for _ in range(300)]\n"
+                    . "        time.sleep(10)\n        os._exit(0)\n"
+                    . "for i in range(3):\n    os.wait()\nprint('survived')" });
+is($st, 200, 'processes filling the memory together are answered')
+    or diag(explain($b));
+is($b->{status}, 'failed', 'as failed');
+like($b->{error} // '', qr/memory limit/, 'saying the memory limit');
+unlike($b->{stdout} // '', qr/survived/, 'before they finished');
+
+($st, $b) = api('GET', "/sandboxes/$high->{id}", $alice);
+is($b->{phase}, 'Running', 'the sandbox still runs');
+($st, $b) = api('POST', "/sandboxes/$high->{id}/execute", $alice,
+                json => { type => 'code', content => 'print(6*7)' });
+is($b->{stdout}, "42\n", 'and executes');
+
 ###############################################################################
 # cold, polled
 

@@ -24,6 +24,7 @@
 
 static pthread_mutex_t  lss_exec_lock = PTHREAD_MUTEX_INITIALIZER;
 static lss_exec_t      *lss_execs;
+static int              lss_execs_n;
 static int              lss_exec_running;
 
 
@@ -112,6 +113,7 @@ lss_registry_add(lss_exec_t *ex)
     pthread_mutex_lock(&lss_exec_lock);
     ex->next = lss_execs;
     lss_execs = ex;
+    lss_memguard_running(++lss_execs_n);
     pthread_mutex_unlock(&lss_exec_lock);
 }
 
@@ -125,6 +127,7 @@ lss_registry_del(lss_exec_t *ex)
     for (pp = &lss_execs; *pp != NULL; pp = &(*pp)->next) {
         if (*pp == ex) {
             *pp = ex->next;
+            lss_memguard_running(--lss_execs_n);
             break;
         }
     }
@@ -132,20 +135,26 @@ lss_registry_del(lss_exec_t *ex)
 }
 
 
-void
+/* 1 when this call gave the execution its end, 0 when it had one */
+int
 lss_exec_cancel(lss_exec_t *ex, lss_end_t why)
 {
+    int       set;
     uint64_t  one;
 
     one = 1;
+    set = 0;
     pthread_mutex_lock(&ex->lock);
     if (ex->end == LSS_END_NONE) {
         ex->end = why;
+        set = 1;
     }
     if (ex->cancel_fd >= 0) {
         (void) !write(ex->cancel_fd, &one, sizeof(one));
     }
     pthread_mutex_unlock(&ex->lock);
+
+    return set;
 }
 
 
@@ -164,6 +173,24 @@ lss_exec_wait_idle(int ms)
         }
         usleep(5000);
     }
+}
+
+
+/* ends every running execution not ended yet; how many it ended */
+int
+lss_exec_end_all(lss_end_t why)
+{
+    int          n;
+    lss_exec_t  *ex;
+
+    n = 0;
+    pthread_mutex_lock(&lss_exec_lock);
+    for (ex = lss_execs; ex != NULL; ex = ex->next) {
+        n += lss_exec_cancel(ex, why);
+    }
+    pthread_mutex_unlock(&lss_exec_lock);
+
+    return n;
 }
 
 
@@ -327,6 +354,8 @@ lss_exec_run(lss_exec_t *ex)
     if (ex->cancel_fd < 0) {
         goto failed;
     }
+
+    lss_memguard_admit();
 
     ex->started_ms = lss_now_ms();
     ex->running = 1;
@@ -557,6 +586,10 @@ failed:
     ex->completed_ms = lss_now_ms();
     if (ex->started_ms == 0) {
         ex->started_ms = ex->completed_ms;
+    }
+    if (ex->end == LSS_END_MEMORY && ex->error == NULL) {
+        ex->error = strdup("the sandbox reached its memory limit: "
+                           "the execution was ended");
     }
     if (rc != 0 && ex->end == LSS_END_NONE) {
         ex->end = LSS_END_INTERNAL;

@@ -38,6 +38,7 @@ lss_usage(void)
         "  [--default-timeout SEC] [--max-timeout SEC]\n"
         "  [--max-upload BYTES] [--max-request BYTES]\n"
         "  [--max-contexts N] [--max-concurrent N] [--mem-limit BYTES]\n"
+        "  [--mem-guard BYTES]\n"
         "  [--fsize-limit BYTES] [--nproc-limit N] [--nofile-limit N]\n"
         "  [--pip-find-links DIR] [--pip-index-url URL]\n"
         "  [--npm-registry URL] [--python-bin PATH] [--node-bin PATH]\n"
@@ -235,7 +236,7 @@ main(int argc, char **argv)
         O_EXEC_GID, O_PRELOAD_PACKAGES, O_PRELOAD_SCRIPT, O_LANGUAGES,
         O_OUTPUT_CAP, O_DEFAULT_TIMEOUT, O_MAX_TIMEOUT, O_MAX_UPLOAD,
         O_MAX_CONTEXTS, O_MAX_CONCURRENT, O_SOCKET_MODE, O_MAX_REQUEST,
-        O_MEM_LIMIT, O_FSIZE_LIMIT, O_NPROC_LIMIT, O_NOFILE_LIMIT,
+        O_MEM_LIMIT, O_MEM_GUARD, O_FSIZE_LIMIT, O_NPROC_LIMIT, O_NOFILE_LIMIT,
         O_PIP_FIND_LINKS, O_PIP_INDEX_URL, O_NPM_REGISTRY, O_PYTHON_BIN,
         O_NODE_BIN, O_ZYGOTE, O_EXEC_ENV, O_NODE_SPARE, O_FS_HELPER, O_HELP
     };
@@ -259,6 +260,7 @@ main(int argc, char **argv)
         { "max-concurrent", required_argument, NULL, O_MAX_CONCURRENT },
         { "socket-mode", required_argument, NULL, O_SOCKET_MODE },
         { "mem-limit", required_argument, NULL, O_MEM_LIMIT },
+        { "mem-guard", required_argument, NULL, O_MEM_GUARD },
         { "fsize-limit", required_argument, NULL, O_FSIZE_LIMIT },
         { "nproc-limit", required_argument, NULL, O_NPROC_LIMIT },
         { "nofile-limit", required_argument, NULL, O_NOFILE_LIMIT },
@@ -331,6 +333,7 @@ main(int argc, char **argv)
             lss_conf.socket_mode = (mode_t) strtoul(optarg, NULL, 8);
             break;
         case O_MEM_LIMIT: lss_conf.mem_limit = lss_num(optarg); break;
+        case O_MEM_GUARD: lss_conf.mem_guard = lss_num(optarg); break;
         case O_FSIZE_LIMIT: lss_conf.fsize_limit = lss_num(optarg); break;
         case O_NPROC_LIMIT: lss_conf.nproc_limit = (int) lss_num(optarg);
             break;
@@ -453,6 +456,10 @@ main(int argc, char **argv)
     if (lss_conf.data_ignored) {
         lss_log("RLIMIT_DATA is not enforced here: executions get "
                 "RLIMIT_AS as well");
+    }
+
+    if (lss_memguard_start() != 0) {
+        return 1;
     }
 
     if (lss_http_start() != 0) {

@@ -47,6 +47,7 @@ typedef struct {
     int          max_contexts;
     int          max_concurrent;
     uint64_t     mem_limit;
+    uint64_t     mem_guard;    /* the sandbox's budget, 0: none */
     uint64_t     fsize_limit;
     int          nproc_limit;
     int          nofile_limit;
@@ -107,6 +108,7 @@ typedef enum {
     LSS_END_TIMEOUT,
     LSS_END_CANCELLED,
     LSS_END_OUTPUT_CAP,
+    LSS_END_MEMORY,
     LSS_END_INTERNAL
 } lss_end_t;
 
@@ -160,9 +162,10 @@ struct lss_exec_s {
 lss_exec_t *lss_exec_new(void);
 void lss_exec_free(lss_exec_t *ex);
 int lss_exec_run(lss_exec_t *ex);
-void lss_exec_cancel(lss_exec_t *ex, lss_end_t why);
+int lss_exec_cancel(lss_exec_t *ex, lss_end_t why);
 int lss_exec_stdin(lss_exec_t *ex, const char *p, size_t len, int eof);
 void lss_exec_cancel_all(void);
+int lss_exec_end_all(lss_end_t why);
 void lss_exec_wait_idle(int ms);
 void lss_spare_fill(void);
 const char *lss_exec_status(lss_exec_t *ex);
@@ -172,6 +175,12 @@ void lss_exec_slot_put(void);
 json_t *lss_exec_zygote_request(lss_exec_t *ex, int context);
 int lss_exec_parse(lss_exec_t *ex, json_t *req, int ws, char *err,
     size_t errlen, const char **field);
+
+
+/* lss_memguard.c: the sandbox's memory budget (gVisor) */
+int lss_memguard_start(void);
+void lss_memguard_running(int n);
+void lss_memguard_admit(void);
 
 
 /* lss_spawn.c: a process through a zygote; the spare node */

@@ -218,6 +218,9 @@ lss_ws_exec_thread(void *arg)
     if (ex->end == LSS_END_TIMEOUT) {
         lss_ws_error(ws, "execution_timeout", "execution timed out", ex->id);
     }
+    if (ex->end == LSS_END_MEMORY) {
+        lss_ws_error(ws, "memory_limit", ex->error, ex->id);
+    }
     if (ex->end == LSS_END_CANCELLED) {
         lss_ws_send(ws, json_pack("{sssssI}", "type", "execution_cancelled",
                                   "executionId", ex->id, "timestamp",
