@@ -133,6 +133,12 @@ typedef struct {
     int        (*artifacts)(struct lsc_ctx_s *ctx, char ***ids, size_t *n);
     /* bound what a running sandbox accumulates on the host (its log) */
     void       (*tidy)(struct lsc_ctx_s *ctx, const char *id);
+    /* CPU time the sandbox used so far, in ns (NULL: not known here) */
+    int        (*cpu_usage)(struct lsc_ctx_s *ctx, const lsc_sandbox_t *sb,
+                            uint64_t *ns);
+    /* its weight against other sandboxes when the CPU is contended */
+    int        (*cpu_weight)(struct lsc_ctx_s *ctx, const lsc_sandbox_t *sb,
+                             int shares);
 } lsc_driver_t;
 
 
@@ -159,6 +165,7 @@ typedef struct lsc_ctx_s {
     uint32_t         egress_net;     /* --egress-subnet, host order */
     int              egress_prefix;  /* 0: not set, the default */
     char             hosts_file[LSC_PATH_LEN];   /* --hosts, or "" */
+    int              fair_share;     /* --fair-share: CPU per user */
 
     /* state */
     redisContext    *redis;
@@ -193,6 +200,9 @@ int lsc_spawn(char *const argv[], char **out, size_t max,
     const char *errlog);
 void lsc_log(const char *level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+
+/* lsc_fairshare.c */
+void lsc_fairshare(lsc_ctx_t *ctx);
 
 /* lsc_runtime.c */
 int lsc_runtimes_load(lsc_ctx_t *ctx);

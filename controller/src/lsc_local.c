@@ -931,6 +931,65 @@ lsc_local_tidy(lsc_ctx_t *ctx, const char *id)
 }
 
 
+/* the sandbox's cgroup in one hierarchy; runsc's Sentry has its own */
+static void
+lsc_local_cgroup(const lsc_sandbox_t *sb, const char *hierarchy,
+    const char *file, char *path, size_t len)
+{
+    snprintf(path, len, "/sys/fs/cgroup/%s/llmsafespace/lss-%s%s/%s",
+             hierarchy, sb->id,
+             strcmp(sb->level, "high") == 0 ? "-runsc" : "", file);
+}
+
+
+static int
+lsc_local_cpu_usage(lsc_ctx_t *ctx, const lsc_sandbox_t *sb, uint64_t *ns)
+{
+    char                 path[LSC_PATH_LEN], buf[32], *end;
+    int                  fd;
+    ssize_t              n;
+    unsigned long long   v;
+
+    (void) ctx;
+    lsc_local_cgroup(sb, "cpuacct", "cpuacct.usage", path, sizeof(path));
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd == -1) {
+        return -1;
+    }
+    n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0) {
+        return -1;
+    }
+    buf[n] = '\0';
+    v = strtoull(buf, &end, 10);
+    if (end == buf || (*end != '\n' && *end != '\0')) {
+        return -1;
+    }
+    *ns = v;
+    return 0;
+}
+
+
+static int
+lsc_local_cpu_weight(lsc_ctx_t *ctx, const lsc_sandbox_t *sb, int shares)
+{
+    char  path[LSC_PATH_LEN], buf[16];
+    int   fd, len, rc;
+
+    (void) ctx;
+    lsc_local_cgroup(sb, "cpu", "cpu.shares", path, sizeof(path));
+    fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd == -1) {
+        return -1;
+    }
+    len = snprintf(buf, sizeof(buf), "%d", shares);
+    rc = write(fd, buf, (size_t) len) == len ? 0 : -1;
+    close(fd);
+    return rc;
+}
+
+
 const lsc_driver_t  lsc_local_driver = {
     "local",
     lsc_local_create,
@@ -940,4 +999,6 @@ const lsc_driver_t  lsc_local_driver = {
     lsc_local_diagnose,
     lsc_local_artifacts,
     lsc_local_tidy,
+    lsc_local_cpu_usage,
+    lsc_local_cpu_weight,
 };

@@ -59,6 +59,7 @@ lsc_usage(void)
         "  --socket-group GROUP runner sockets connectable by GROUP\n"
         "  --egress-subnet CIDR addresses of egress links (10.213.0.0/16)\n"
         "  --hosts FILE         names egress resolves before the host's\n"
+        "  --fair-share 0|1     CPU shared per user, not per sandbox (1)\n"
         "  --terminate-all      terminate every sandbox, then exit\n");
 }
 
@@ -104,6 +105,7 @@ lsc_options(lsc_ctx_t *ctx, int argc, char **argv)
         { "contract", required_argument, NULL, 'c' },
         { "schema", required_argument, NULL, 'S' },
         { "tick-ms", required_argument, NULL, 't' },
+        { "fair-share", required_argument, NULL, 'F' },
         { "ready-timeout-ms", required_argument, NULL, 'T' },
         { "max-creates", required_argument, NULL, 'n' },
         { "log-max", required_argument, NULL, 'L' },
@@ -130,6 +132,7 @@ lsc_options(lsc_ctx_t *ctx, int argc, char **argv)
     snprintf(ctx->schema_file, LSC_PATH_LEN, "%s/sql/controller.sql",
              LSC_TOP);
     ctx->tick_ms = 1000;
+    ctx->fair_share = 1;
     ctx->ready_timeout_ms = 30000;
     ctx->max_creates_per_tick = 4;
     ctx->max_attempts = 3;
@@ -159,6 +162,7 @@ lsc_options(lsc_ctx_t *ctx, int argc, char **argv)
         case 'S': snprintf(ctx->schema_file, LSC_PATH_LEN, "%s", optarg);
                   break;
         case 't': ctx->tick_ms = atoi(optarg); break;
+        case 'F': ctx->fair_share = strcmp(optarg, "0") != 0; break;
         case 'T': ctx->ready_timeout_ms = atoi(optarg); break;
         case 'n': ctx->max_creates_per_tick = atoi(optarg); break;
         case 'L': ctx->log_max = atoll(optarg); break;

@@ -437,6 +437,8 @@ lsc_reconcile(lsc_ctx_t *ctx)
         }
     }
 
+    lsc_fairshare(ctx);
+
     return lsc_pools_reconcile(ctx);
 }
 
