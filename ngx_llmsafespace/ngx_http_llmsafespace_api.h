@@ -123,6 +123,8 @@ ngx_int_t ngx_http_llmsafespace_sandboxes_delete(ngx_http_request_t *r,
 #define NGX_HTTP_LLMSAFESPACE_MEMORY_DEFAULT   536870912       /* 512Mi */
 #define NGX_HTTP_LLMSAFESPACE_MEMORY_MIN       67108864        /* 64Mi */
 #define NGX_HTTP_LLMSAFESPACE_MEMORY_MAX       8589934592LL    /* 8Gi */
+/* the bound of a number in any resources (check_resources), 10T */
+#define NGX_HTTP_LLMSAFESPACE_STORAGE_MAX      1e13
 
 /* the indexes of the values ngx_http_llmsafespace_check_resources() sets */
 #define NGX_HTTP_LLMSAFESPACE_RES_CPU          0
@@ -137,6 +139,13 @@ ngx_int_t ngx_http_llmsafespace_sandboxes_delete(ngx_http_request_t *r,
  */
 ngx_int_t ngx_http_llmsafespace_check_resources(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, json_t *v, double *values);
+
+/*
+ * those values within what the controller gives a sandbox (cpu in whole
+ * millicores then): NGX_OK, or NGX_DECLINED with a 422 naming the field
+ */
+ngx_int_t ngx_http_llmsafespace_check_bounds(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, double *values);
 
 /*
  * ngx_http_llmsafespace_proxy.c: execute, stream, files and packages go to

@@ -34,8 +34,6 @@
 #define NGX_HTTP_LLMSAFESPACE_SCRIPTS_MAX      16
 #define NGX_HTTP_LLMSAFESPACE_SCRIPT_MAX       (64 * 1024)
 #define NGX_HTTP_LLMSAFESPACE_DELAY_MAX        86400
-/* the bound of a number in any resources (check_resources), 10T */
-#define NGX_HTTP_LLMSAFESPACE_STORAGE_MAX      1e13
 /* the controller's LSC_TTL_MAX: 30 days */
 #define NGX_HTTP_LLMSAFESPACE_TTL_MAX          2592000
 
@@ -966,13 +964,12 @@ ngx_http_llmsafespace_pool_autoscaling(ngx_http_request_t *r,
 
 
 /*
- * {cpu, memory, ephemeralStorage}, checked as a create's are, but within
- * the bounds the controller clamps a create's to rather than clamped: the
- * pool shows what its sandboxes get, and the controller refuses a pool
- * outside them.  Stored as numbers (cores, bytes), which the plan of a
- * create compares with what it asks; a create stores cpu and memory
- * always (the controller's defaults where not given), a patch what
- * changes.
+ * {cpu, memory, ephemeralStorage}, checked as a create's are, within the
+ * bounds the controller gives a sandbox: the pool shows what its
+ * sandboxes get, and the controller refuses a pool outside them.  Stored
+ * as numbers (cores, bytes), which the plan of a create compares with
+ * what it asks; a create stores cpu and memory always (the controller's
+ * defaults where not given), a patch what changes.
  */
 
 static ngx_int_t
@@ -984,7 +981,9 @@ ngx_http_llmsafespace_pool_resources(ngx_http_request_t *r,
     double   res[NGX_HTTP_LLMSAFESPACE_RES_N], cpu, memory, storage;
     json_t  *out;
 
-    if (ngx_http_llmsafespace_check_resources(r, ctx, v, res) != NGX_OK) {
+    if (ngx_http_llmsafespace_check_resources(r, ctx, v, res) != NGX_OK
+        || ngx_http_llmsafespace_check_bounds(r, ctx, res) != NGX_OK)
+    {
         return NGX_DECLINED;
     }
 
@@ -998,42 +997,6 @@ ngx_http_llmsafespace_pool_resources(ngx_http_request_t *r,
 
     if (create && memory < 0) {
         memory = NGX_HTTP_LLMSAFESPACE_MEMORY_DEFAULT;
-    }
-
-    if (cpu >= 0) {
-
-        /* in millicores, as the controller writes the container's quota
-         * (only a value that can be in range: no overflow in the cast) */
-
-        if (cpu < 2 * NGX_HTTP_LLMSAFESPACE_CPU_MAX) {
-            cpu = (double) (int64_t) (cpu * 1000 + 0.5) / 1000;
-        }
-
-        if (cpu < NGX_HTTP_LLMSAFESPACE_CPU_MIN
-            || cpu > NGX_HTTP_LLMSAFESPACE_CPU_MAX)
-        {
-            return ngx_http_llmsafespace_api_invalid(r, ctx, 422,
-                                    "resources", "\"resources.cpu\" of a "
-                                    "warm pool must be 0.1 to 2 (cores, or "
-                                    "\"100m\" to \"2000m\")");
-        }
-    }
-
-    if (memory >= 0
-        && (memory < NGX_HTTP_LLMSAFESPACE_MEMORY_MIN
-            || memory > NGX_HTTP_LLMSAFESPACE_MEMORY_MAX))
-    {
-        return ngx_http_llmsafespace_api_invalid(r, ctx, 422, "resources",
-                                    "\"resources.memory\" of a warm pool "
-                                    "must be 64Mi to 8Gi");
-    }
-
-    if (storage >= 0
-        && (storage < 1 || storage > NGX_HTTP_LLMSAFESPACE_STORAGE_MAX))
-    {
-        return ngx_http_llmsafespace_api_invalid(r, ctx, 422, "resources",
-                                    "\"resources.ephemeralStorage\" must be "
-                                    "1 byte to 10T");
     }
 
     out = json_object();

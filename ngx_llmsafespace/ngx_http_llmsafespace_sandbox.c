@@ -615,20 +615,21 @@ ngx_http_llmsafespace_create_validate(ngx_http_request_t *r,
      */
 
     v = json_object_get(ctx->body, "resources");
-    if (ngx_http_llmsafespace_check_resources(r, ctx, v, res) != NGX_OK) {
+    if (ngx_http_llmsafespace_check_resources(r, ctx, v, res) != NGX_OK
+        || ngx_http_llmsafespace_check_bounds(r, ctx, res) != NGX_OK)
+    {
         return NGX_DECLINED;
     }
 
     cpu = res[NGX_HTTP_LLMSAFESPACE_RES_CPU];
-    cpu = (cpu < 0) ? NGX_HTTP_LLMSAFESPACE_CPU_DEFAULT
-                    : ngx_max(NGX_HTTP_LLMSAFESPACE_CPU_MIN,
-                              ngx_min(cpu, NGX_HTTP_LLMSAFESPACE_CPU_MAX));
+    if (cpu < 0) {
+        cpu = NGX_HTTP_LLMSAFESPACE_CPU_DEFAULT;
+    }
 
     memory = res[NGX_HTTP_LLMSAFESPACE_RES_MEMORY];
-    memory = (memory < 0) ? NGX_HTTP_LLMSAFESPACE_MEMORY_DEFAULT
-                          : ngx_max(NGX_HTTP_LLMSAFESPACE_MEMORY_MIN,
-                                    ngx_min(memory,
-                                            NGX_HTTP_LLMSAFESPACE_MEMORY_MAX));
+    if (memory < 0) {
+        memory = NGX_HTTP_LLMSAFESPACE_MEMORY_DEFAULT;
+    }
 
     p = ngx_pnalloc(r->pool, 2 * NGX_INT64_LEN + 8);
     if (p == NULL) {
@@ -682,6 +683,63 @@ ngx_http_llmsafespace_create_validate(ngx_http_request_t *r,
  * cpu: cores (number) or "500m"; memory and storage: bytes or "512Mi".
  * The order of fields[] is that of NGX_HTTP_LLMSAFESPACE_RES_*.
  */
+
+/*
+ * Out of bounds is refused rather than clamped: the sandbox's answer shows
+ * what was asked, so a clamped value would be a silent lie about what it
+ * got.  A warm pool's are the same bounds.
+ */
+
+ngx_int_t
+ngx_http_llmsafespace_check_bounds(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, double *values)
+{
+    double  cpu, memory, storage;
+
+    cpu = values[NGX_HTTP_LLMSAFESPACE_RES_CPU];
+    memory = values[NGX_HTTP_LLMSAFESPACE_RES_MEMORY];
+    storage = values[NGX_HTTP_LLMSAFESPACE_RES_STORAGE];
+
+    if (cpu >= 0) {
+
+        /* in millicores, as the controller writes the container's quota
+         * (only a value that can be in range: no overflow in the cast) */
+
+        if (cpu < 2 * NGX_HTTP_LLMSAFESPACE_CPU_MAX) {
+            cpu = (double) (int64_t) (cpu * 1000 + 0.5) / 1000;
+            values[NGX_HTTP_LLMSAFESPACE_RES_CPU] = cpu;
+        }
+
+        if (cpu < NGX_HTTP_LLMSAFESPACE_CPU_MIN
+            || cpu > NGX_HTTP_LLMSAFESPACE_CPU_MAX)
+        {
+            return ngx_http_llmsafespace_api_invalid(r, ctx, 422,
+                                    "resources", "\"resources.cpu\" must "
+                                    "be 0.1 to 2 (cores, or \"100m\" to "
+                                    "\"2000m\")");
+        }
+    }
+
+    if (memory >= 0
+        && (memory < NGX_HTTP_LLMSAFESPACE_MEMORY_MIN
+            || memory > NGX_HTTP_LLMSAFESPACE_MEMORY_MAX))
+    {
+        return ngx_http_llmsafespace_api_invalid(r, ctx, 422, "resources",
+                                    "\"resources.memory\" must be 64Mi "
+                                    "to 8Gi");
+    }
+
+    if (storage >= 0
+        && (storage < 1 || storage > NGX_HTTP_LLMSAFESPACE_STORAGE_MAX))
+    {
+        return ngx_http_llmsafespace_api_invalid(r, ctx, 422, "resources",
+                                    "\"resources.ephemeralStorage\" must "
+                                    "be 1 byte to 10T");
+    }
+
+    return NGX_OK;
+}
+
 
 ngx_int_t
 ngx_http_llmsafespace_check_resources(ngx_http_request_t *r,

@@ -250,6 +250,17 @@ call(POST => '/sandboxes', $user->{key}, json => { runtime => 'ruby' },
     status => 422);
 call(POST => '/sandboxes', $user->{key}, json => { runtime => 1 },
     status => 400);
+# beyond what the controller gives: refused, not clamped behind the
+# answer's back (the answer shows what was asked)
+for my $res ({ cpu => 64 }, { cpu => '50m' }, { memory => '512Gi' },
+             { memory => '1Mi' })
+{
+    my $e = call(POST => '/sandboxes', $user->{key},
+                 json => { runtime => 'python', resources => $res },
+                 status => 422)->{json};
+    is($e->{error}{details}{field}, 'resources',
+       'out of bounds names resources: ' . join(',', %$res));
+}
 
 my $sb = call(POST => '/sandboxes', $user->{key}, json => {
     runtime => 'python', useWarmPool => JSON::XS::false,
