@@ -44,6 +44,9 @@
 
 #define NGX_HTTP_TOO_MANY_REQUESTS            429
 
+/* the controller's --egress-allow takes as many (LSC_EGRESS_ALLOW_MAX) */
+#define NGX_HTTP_LLMSAFESPACE_EGRESS_ALLOW    16
+
 /* hex SHA-256 of a secret, as stored */
 #define NGX_HTTP_LLMSAFESPACE_HASH_HEX_LEN                                    \
     (2 * NGX_HTTP_LLMSAFESPACE_HASH_LEN)
@@ -108,6 +111,13 @@ typedef struct {
     /* sandboxes (ngx_http_llmsafespace_sandbox.c) */
     ngx_str_t                       claim_script; /* claim.lua, as loaded */
     ngx_uint_t                      sandbox_quota;
+
+    /* llmsafespace_egress_allow: ranges of egress_ranges.h let through */
+    uint32_t                        egress_allow[
+                                        NGX_HTTP_LLMSAFESPACE_EGRESS_ALLOW];
+    int                             egress_allow_prefix[
+                                        NGX_HTTP_LLMSAFESPACE_EGRESS_ALLOW];
+    int                             egress_nallow;
 } ngx_http_llmsafespace_main_conf_t;
 
 

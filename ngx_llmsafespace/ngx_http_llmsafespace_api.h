@@ -101,6 +101,8 @@ ngx_int_t ngx_http_llmsafespace_users_delete(ngx_http_request_t *r,
 /* handlers of ngx_http_llmsafespace_sandbox.c */
 char *ngx_http_llmsafespace_sandboxes_directive(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
+char *ngx_http_llmsafespace_egress_allow(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
 ngx_int_t ngx_http_llmsafespace_sandboxes_list(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id);
 ngx_int_t ngx_http_llmsafespace_sandboxes_create(ngx_http_request_t *r,

@@ -177,6 +177,13 @@ static ngx_command_t  ngx_http_llmsafespace_commands[] = {
       0,
       NULL },
 
+    { ngx_string("llmsafespace_egress_allow"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_llmsafespace_egress_allow,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("llmsafespace_health"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_http_llmsafespace_handler_directive,
