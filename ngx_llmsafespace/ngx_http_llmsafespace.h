@@ -112,6 +112,9 @@ typedef struct {
     ngx_str_t                       claim_script; /* claim.lua, as loaded */
     ngx_uint_t                      sandbox_quota;
 
+    /* servers with an API location, whose raw paths are checked */
+    ngx_array_t                    *api_servers;  /* core srv conf * */
+
     /* llmsafespace_egress_allow: ranges of egress_ranges.h let through */
     uint32_t                        egress_allow[
                                         NGX_HTTP_LLMSAFESPACE_EGRESS_ALLOW];
@@ -247,6 +250,9 @@ ngx_int_t ngx_http_llmsafespace_metrics_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_llmsafespace_metrics_init_process(ngx_cycle_t *cycle);
 void ngx_http_llmsafespace_metrics_exit_process(ngx_cycle_t *cycle);
 ngx_int_t ngx_http_llmsafespace_health_handler(ngx_http_request_t *r);
+
+/* raw paths (ngx_http_llmsafespace_path.c): a post-read handler */
+ngx_int_t ngx_http_llmsafespace_path_handler(ngx_http_request_t *r);
 
 /* audit (ngx_http_llmsafespace_audit.c) */
 void ngx_http_llmsafespace_audit(ngx_http_request_t *r, const char *action,

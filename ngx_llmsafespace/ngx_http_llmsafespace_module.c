@@ -313,6 +313,18 @@ ngx_http_llmsafespace_init(ngx_conf_t *cf)
     lmcf = ngx_http_conf_get_module_main_conf(cf,
                                               ngx_http_llmsafespace_module);
 
+    /*
+     * A phase runs its handlers last added first: the raw path check may
+     * answer at once, so it goes after the request line is redacted.
+     */
+
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_POST_READ_PHASE].handlers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    *h = ngx_http_llmsafespace_path_handler;
+
     h = ngx_array_push(&cmcf->phases[NGX_HTTP_POST_READ_PHASE].handlers);
     if (h == NULL) {
         return NGX_ERROR;
@@ -561,8 +573,10 @@ ngx_http_llmsafespace_handler_directive(ngx_conf_t *cf, ngx_command_t *cmd,
 {
     ngx_http_llmsafespace_loc_conf_t *llcf = conf;
 
-    ngx_str_t                 *value;
-    ngx_http_core_loc_conf_t  *clcf;
+    ngx_str_t                          *value;
+    ngx_http_core_srv_conf_t          **server;
+    ngx_http_core_loc_conf_t           *clcf;
+    ngx_http_llmsafespace_main_conf_t  *lmcf;
 
     if (llcf->handler != NGX_HTTP_LLMSAFESPACE_HANDLER_NONE) {
         return "conflicts with another llmsafespace handler in this location";
@@ -576,6 +590,24 @@ ngx_http_llmsafespace_handler_directive(ngx_conf_t *cf, ngx_command_t *cmd,
 
     case NGX_HTTP_LLMSAFESPACE_HANDLER_API:
         clcf->handler = ngx_http_llmsafespace_api_handler;
+
+        lmcf = ngx_http_conf_get_module_main_conf(cf,
+                                               ngx_http_llmsafespace_module);
+
+        if (lmcf->api_servers == NULL) {
+            lmcf->api_servers = ngx_array_create(cf->pool, 2,
+                                         sizeof(ngx_http_core_srv_conf_t *));
+            if (lmcf->api_servers == NULL) {
+                return NGX_CONF_ERROR;
+            }
+        }
+
+        server = ngx_array_push(lmcf->api_servers);
+        if (server == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        *server = ngx_http_conf_get_module_srv_conf(cf, ngx_http_core_module);
 
         ngx_str_set(&llcf->runner_location, "@llmsafespace_runner");
 
