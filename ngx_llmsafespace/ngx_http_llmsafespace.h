@@ -112,6 +112,10 @@ typedef struct {
     ngx_str_t                       claim_script; /* claim.lua, as loaded */
     ngx_uint_t                      sandbox_quota;
 
+    /* open WebSocket streams per sandbox (_streams.c) */
+    ngx_uint_t                      stream_limit;
+    ngx_shm_zone_t                 *streams;
+
     /* servers with an API location, whose raw paths are checked */
     ngx_array_t                    *api_servers;  /* core srv conf * */
 
@@ -250,6 +254,14 @@ ngx_int_t ngx_http_llmsafespace_metrics_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_llmsafespace_metrics_init_process(ngx_cycle_t *cycle);
 void ngx_http_llmsafespace_metrics_exit_process(ngx_cycle_t *cycle);
 ngx_int_t ngx_http_llmsafespace_health_handler(ngx_http_request_t *r);
+
+/* streams per sandbox (ngx_http_llmsafespace_streams.c) */
+char *ngx_http_llmsafespace_stream_limit(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+ngx_int_t ngx_http_llmsafespace_streams_init_conf(ngx_conf_t *cf,
+    ngx_http_llmsafespace_main_conf_t *lmcf);
+ngx_int_t ngx_http_llmsafespace_streams_acquire(ngx_http_request_t *r,
+    ngx_str_t *id);
 
 /* raw paths (ngx_http_llmsafespace_path.c): a post-read handler */
 ngx_int_t ngx_http_llmsafespace_path_handler(ngx_http_request_t *r);

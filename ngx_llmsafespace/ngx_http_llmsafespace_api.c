@@ -43,8 +43,6 @@ static ngx_int_t ngx_http_llmsafespace_api_match(const char *path,
 static ngx_int_t ngx_http_llmsafespace_api_dispatch(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx);
 static void ngx_http_llmsafespace_api_body_handler(ngx_http_request_t *r);
-static ngx_int_t ngx_http_llmsafespace_api_parse_body(ngx_http_request_t *r,
-    ngx_http_llmsafespace_ctx_t *ctx);
 static void ngx_http_llmsafespace_api_query_done(void *data, PGresult *res,
     ngx_int_t rc);
 static void ngx_http_llmsafespace_api_redis_done(void *data,
@@ -215,22 +213,24 @@ ngx_http_llmsafespace_api_body_handler(ngx_http_request_t *r)
 
 
 /*
- * The body is JSON of at most client_max_body_size bytes, in memory or in
- * a temporary file; it must be an object.  An empty body is an empty
- * object, so "POST /user/apikeys" needs none.
+ * The body is JSON of at most llmsafespace_json_body_size bytes (a
+ * chunked one is only counted once read), in memory or in a temporary
+ * file; it must be an object.  An empty body is an empty object, so
+ * "POST /user/apikeys" needs none.
  */
 
-static ngx_int_t
+ngx_int_t
 ngx_http_llmsafespace_api_parse_body(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx)
 {
-    u_char        *p, *data;
-    off_t          len;
-    ssize_t        n;
-    json_t        *json;
-    ngx_buf_t     *b;
-    ngx_chain_t   *cl;
-    json_error_t   err;
+    u_char                            *p, *data;
+    off_t                              len;
+    ssize_t                            n;
+    json_t                            *json;
+    ngx_buf_t                         *b;
+    ngx_chain_t                       *cl;
+    json_error_t                       err;
+    ngx_http_llmsafespace_loc_conf_t  *llcf;
 
     len = 0;
 
@@ -238,6 +238,15 @@ ngx_http_llmsafespace_api_parse_body(ngx_http_request_t *r,
         for (cl = r->request_body->bufs; cl; cl = cl->next) {
             len += ngx_buf_size(cl->buf);
         }
+    }
+
+    llcf = ngx_http_get_module_loc_conf(r, ngx_http_llmsafespace_module);
+
+    if (len > (off_t) llcf->max_body_size) {
+        return ngx_http_llmsafespace_api_invalid(r, ctx,
+                                    NGX_HTTP_REQUEST_ENTITY_TOO_LARGE, NULL,
+                                    "JSON bodies are limited to %uz bytes",
+                                    llcf->max_body_size);
     }
 
     if (len == 0) {

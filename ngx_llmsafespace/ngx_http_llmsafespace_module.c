@@ -184,6 +184,13 @@ static ngx_command_t  ngx_http_llmsafespace_commands[] = {
       0,
       NULL },
 
+    { ngx_string("llmsafespace_stream_limit"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_llmsafespace_stream_limit,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("llmsafespace_health"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_http_llmsafespace_handler_directive,
@@ -383,6 +390,7 @@ ngx_http_llmsafespace_create_main_conf(ngx_conf_t *cf)
     lmcf->key_stale = NGX_CONF_UNSET;
     lmcf->limit_redis_down = NGX_CONF_UNSET_UINT;
     lmcf->audit_buffer = NGX_CONF_UNSET_UINT;
+    lmcf->stream_limit = NGX_CONF_UNSET_UINT;
 
     if (ngx_array_init(&lmcf->limit_zones, cf->pool, 4,
                        sizeof(ngx_http_llmsafespace_limit_zone_t *))
@@ -405,6 +413,11 @@ ngx_http_llmsafespace_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_uint_value(lmcf->limit_redis_down,
                              NGX_HTTP_LLMSAFESPACE_LIMIT_REDIS_LOCAL);
     ngx_conf_init_uint_value(lmcf->audit_buffer, 10000);
+    ngx_conf_init_uint_value(lmcf->stream_limit, 32);
+
+    if (ngx_http_llmsafespace_streams_init_conf(cf, lmcf) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
 
     if (ngx_http_llmsafespace_limit_init_main_conf(cf, lmcf) != NGX_CONF_OK)
     {
