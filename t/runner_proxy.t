@@ -99,6 +99,11 @@ route(owner => $alice_id, runner => "unix:$sock", token => $token,
       expires => (time() + 3600) * 1000, runtime => 'python', pool => '',
       phase => 'Running');
 
+# the workers connect to PostgreSQL once started (slowly under valgrind)
+ok($t->wait_for(sub {
+    $t->get('/api/v1/user', key => $alice)->{status} == 200 }, 10),
+   'the gateway looks keys up');
+
 sub call {
     my ($method, $path, %o) = @_;
     my $r = $t->request($method, "/api/v1/sandboxes/$id$path", %o);
