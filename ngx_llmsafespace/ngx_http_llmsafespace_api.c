@@ -194,12 +194,14 @@ ngx_http_llmsafespace_api_handler(ngx_http_request_t *r)
 static void
 ngx_http_llmsafespace_api_body_handler(ngx_http_request_t *r)
 {
-    ngx_int_t                     rc;
-    ngx_http_llmsafespace_ctx_t  *ctx;
+    ngx_int_t                          rc;
+    ngx_http_llmsafespace_ctx_t       *ctx;
+    ngx_http_llmsafespace_loc_conf_t  *llcf;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_llmsafespace_module);
+    llcf = ngx_http_get_module_loc_conf(r, ngx_http_llmsafespace_module);
 
-    rc = ngx_http_llmsafespace_api_parse_body(r, ctx);
+    rc = ngx_http_llmsafespace_api_parse_body(r, ctx, llcf->max_body_size);
 
     if (rc == NGX_OK) {
         rc = ngx_http_llmsafespace_api_dispatch(r, ctx);
@@ -213,24 +215,22 @@ ngx_http_llmsafespace_api_body_handler(ngx_http_request_t *r)
 
 
 /*
- * The body is JSON of at most llmsafespace_json_body_size bytes (a
- * chunked one is only counted once read), in memory or in a temporary
- * file; it must be an object.  An empty body is an empty object, so
- * "POST /user/apikeys" needs none.
+ * The body is JSON of at most "max" bytes (a chunked one is only counted
+ * once read), in memory or in a temporary file; it must be an object.  An
+ * empty body is an empty object, so "POST /user/apikeys" needs none.
  */
 
 ngx_int_t
 ngx_http_llmsafespace_api_parse_body(ngx_http_request_t *r,
-    ngx_http_llmsafespace_ctx_t *ctx)
+    ngx_http_llmsafespace_ctx_t *ctx, size_t max)
 {
-    u_char                            *p, *data;
-    off_t                              len;
-    ssize_t                            n;
-    json_t                            *json;
-    ngx_buf_t                         *b;
-    ngx_chain_t                       *cl;
-    json_error_t                       err;
-    ngx_http_llmsafespace_loc_conf_t  *llcf;
+    u_char        *p, *data;
+    off_t          len;
+    ssize_t        n;
+    json_t        *json;
+    ngx_buf_t     *b;
+    ngx_chain_t   *cl;
+    json_error_t   err;
 
     len = 0;
 
@@ -240,13 +240,11 @@ ngx_http_llmsafespace_api_parse_body(ngx_http_request_t *r,
         }
     }
 
-    llcf = ngx_http_get_module_loc_conf(r, ngx_http_llmsafespace_module);
-
-    if (len > (off_t) llcf->max_body_size) {
+    if (len > (off_t) max) {
         return ngx_http_llmsafespace_api_invalid(r, ctx,
                                     NGX_HTTP_REQUEST_ENTITY_TOO_LARGE, NULL,
                                     "JSON bodies are limited to %uz bytes",
-                                    llcf->max_body_size);
+                                    max);
     }
 
     if (len == 0) {

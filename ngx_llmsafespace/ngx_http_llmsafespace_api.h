@@ -48,10 +48,12 @@ ngx_int_t ngx_http_llmsafespace_api_redis(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, int argc, const char **argv,
     const size_t *argvlen, ngx_http_llmsafespace_redis_done_pt done);
 
-/* the request body read, as a JSON object in ctx->body: NGX_OK, or
- * NGX_DECLINED with the reason recorded, or an error status */
+/*
+ * The request body read, at most "max" bytes, as a JSON object in
+ * ctx->body: NGX_OK, NGX_DECLINED with the reason recorded, or a status
+ */
 ngx_int_t ngx_http_llmsafespace_api_parse_body(ngx_http_request_t *r,
-    ngx_http_llmsafespace_ctx_t *ctx);
+    ngx_http_llmsafespace_ctx_t *ctx, size_t max);
 
 /* request body checks: NGX_OK, or NGX_DECLINED with the reason recorded */
 ngx_int_t ngx_http_llmsafespace_api_invalid(ngx_http_request_t *r,

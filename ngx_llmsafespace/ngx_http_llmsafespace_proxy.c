@@ -22,6 +22,13 @@
 #define NGX_HTTP_LLMSAFESPACE_SANDBOXES   "/api/v1/sandboxes/"
 #define NGX_HTTP_LLMSAFESPACE_TOKEN_LEN   64
 
+/*
+ * An execute or packages body: what the runner reads (its --max-request,
+ * 8 MiB by default, room for its 8 MiB of stdin), or more when
+ * llmsafespace_json_body_size says so.
+ */
+#define NGX_HTTP_LLMSAFESPACE_RUNNER_BODY (8 * 1024 * 1024)
+
 
 /* a JSON body's field: its name and type (JSON_NULL: a string or null) */
 typedef struct {
@@ -56,6 +63,7 @@ static ngx_int_t ngx_http_llmsafespace_proxy_record(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, PGresult *res);
 static ngx_int_t ngx_http_llmsafespace_proxy_go(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx);
+static size_t ngx_http_llmsafespace_proxy_body_max(ngx_http_request_t *r);
 static void ngx_http_llmsafespace_proxy_body(ngx_http_request_t *r);
 static ngx_int_t ngx_http_llmsafespace_proxy_check(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, ngx_http_llmsafespace_field_t *fields);
@@ -324,7 +332,6 @@ ngx_http_llmsafespace_proxy_route(ngx_http_request_t *r,
     ngx_uint_t                         i;
     redisReply                        *owner, *runner, *token, *exp;
     ngx_http_llmsafespace_proxy_t     *px;
-    ngx_http_llmsafespace_loc_conf_t  *llcf;
     ngx_http_llmsafespace_main_conf_t *lmcf;
 
     px = ctx->sandbox;
@@ -455,11 +462,11 @@ ngx_http_llmsafespace_proxy_route(ngx_http_request_t *r,
         return ngx_http_llmsafespace_proxy_go(r, ctx);
     }
 
-    /* the body is small JSON: read whole, checked, then proxied as read */
+    /* the body is JSON: read whole, checked, then proxied as read */
 
-    llcf = ngx_http_get_module_loc_conf(r, ngx_http_llmsafespace_module);
-
-    if (r->headers_in.content_length_n > (off_t) llcf->max_body_size) {
+    if (r->headers_in.content_length_n
+        > (off_t) ngx_http_llmsafespace_proxy_body_max(r))
+    {
         if (ngx_http_discard_request_body(r) != NGX_OK) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
@@ -467,8 +474,9 @@ ngx_http_llmsafespace_proxy_route(ngx_http_request_t *r,
         return ngx_http_llmsafespace_send_error(r,
                                     NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
                                     "payload_too_large",
-                                    "JSON bodies are limited to %uz bytes",
-                                    llcf->max_body_size);
+                                    "execute and packages bodies are "
+                                    "limited to %uz bytes",
+                                    ngx_http_llmsafespace_proxy_body_max(r));
     }
 
     rc = ngx_http_read_client_request_body(r,
@@ -479,6 +487,17 @@ ngx_http_llmsafespace_proxy_route(ngx_http_request_t *r,
     }
 
     return NGX_DONE;
+}
+
+
+static size_t
+ngx_http_llmsafespace_proxy_body_max(ngx_http_request_t *r)
+{
+    ngx_http_llmsafespace_loc_conf_t  *llcf;
+
+    llcf = ngx_http_get_module_loc_conf(r, ngx_http_llmsafespace_module);
+
+    return ngx_max(llcf->max_body_size, NGX_HTTP_LLMSAFESPACE_RUNNER_BODY);
 }
 
 
@@ -504,7 +523,8 @@ ngx_http_llmsafespace_proxy_body(ngx_http_request_t *r)
     ctx = ngx_http_llmsafespace_get_ctx(r);
     px = ctx->sandbox;
 
-    rc = ngx_http_llmsafespace_api_parse_body(r, ctx);
+    rc = ngx_http_llmsafespace_api_parse_body(r, ctx,
+                                      ngx_http_llmsafespace_proxy_body_max(r));
 
     if (rc == NGX_OK) {
         rc = ngx_http_llmsafespace_proxy_check(r, ctx, px->route->body);

@@ -75,6 +75,7 @@ http {
     llmsafespace_stream_limit 2;
     server {
         listen 127.0.0.1:%%PORT_8080%%;
+        client_max_body_size 100m;
         location /api/v1/ {
             llmsafespace_api;
         }
@@ -198,15 +199,20 @@ is($st, 200, 'a command with args: proxied');
     json => { packages => ['numpy'], manager => 'pip' });
 is($st, 200, 'packages: proxied');
 
+my $stdin = { content => 'cat', stdin => 'x' x (3 * 1024 * 1024) };
+($st, $b) = call('POST', '/execute', key => $alice, json => $stdin);
+is($st, 200, 'an execute with 3 MiB of stdin: proxied');
+is($b->{length}, length(encode_json($stdin)), '  whole');
+
 ($st, $b) = call('POST', '/execute', key => $alice,
-    body => '{"content": "' . ('x' x (1024 * 1024)) . '"}');
-is($st, 413, 'an execute body past llmsafespace_json_body_size: 413');
+    body => '{"content": "' . ('x' x (8 * 1024 * 1024)) . '"}');
+is($st, 413, 'an execute body past the runner\'s 8 MiB: 413');
 is($b->{error}{code}, 'payload_too_large', '  as JSON');
 
 my $chunked = $t->http("POST /api/v1/sandboxes/$id/execute HTTP/1.1\r\n"
     . "Host: x\r\nAuthorization: Bearer $alice\r\nConnection: close\r\n"
     . "Transfer-Encoding: chunked\r\n\r\n"
-    . join('', map { sprintf("%x\r\n%s\r\n", 65536, 'x' x 65536) } 1 .. 17)
+    . join('', map { sprintf("%x\r\n%s\r\n", 65536, 'x' x 65536) } 1 .. 129)
     . "0\r\n\r\n");
 like($chunked, qr!^HTTP/1\.1 413.*payload_too_large!s,
      '  also chunked');
