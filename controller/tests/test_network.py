@@ -465,3 +465,13 @@ def test_network_artifacts_go_after_a_crash(env, world):
                             ["allowed.test", NOT_ALLOWED]])
     assert got["connect"][0].startswith("hello")
     assert got["connect"][1].startswith("refused")
+
+
+@pytest.mark.parametrize("bad", ["10.0.0.1", "10.1.0.0/8", "fd00::/8",
+                                 "10.0.0.0/33", "10.0.0.0/", "ten/8"])
+def test_egress_allow_takes_ipv4_networks_only(bad):
+    r = subprocess.run([BIN, "--egress-allow", "10.20.0.0/16",
+                        "--egress-allow", bad], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode != 0
+    assert "--egress-allow" in r.stderr, r.stderr
