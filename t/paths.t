@@ -79,6 +79,11 @@ EOF
 my $alice_id = $t->create_user(name => 'alice', role => 'admin');
 my $alice = $t->create_key($alice_id)->{key};
 
+# the workers connect to PostgreSQL once started (slowly under valgrind)
+ok($t->wait_for(sub {
+    $t->get('/api/v1/user', key => $alice)->{status} == 200 }, 10),
+   'the gateway looks keys up');
+
 my $id = 'sb-path00000000000001';
 
 $t->redis()->hset("lss:sb:$id", owner => $alice_id, runner => "unix:$sock",

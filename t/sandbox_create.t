@@ -44,6 +44,11 @@ EOF
 
 my $key = $t->create_key($t->create_user(name => 'alice'))->{key};
 
+# the workers connect to PostgreSQL once started (slowly under valgrind)
+ok($t->wait_for(sub {
+    $t->get('/api/v1/user', key => $key)->{status} == 200 }, 10),
+   'the gateway looks keys up');
+
 sub create {
     my ($body) = @_;
     my $r = $t->request('POST', '/api/v1/sandboxes', key => $key,
