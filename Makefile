@@ -11,7 +11,8 @@ BUILD      := $(TOP)/build
 NGX_SRC    ?= /usr/share/nginx/src
 NGX_BUILD  := $(BUILD)/nginx
 MODULE     := $(BUILD)/ngx_http_llmsafespace_module.so
-MODULE_SRC := $(wildcard ngx_llmsafespace/*.c ngx_llmsafespace/*.h) config
+MODULE_SRC := $(wildcard ngx_llmsafespace/*.c ngx_llmsafespace/*.h) config \
+              $(wildcard controller/contract/*.h)
 NGX_MODDIR ?= /usr/lib/nginx/modules
 PROVE      ?= prove
 PYTHON     ?= /usr/bin/python3

@@ -44,6 +44,9 @@
 
 #define NGX_HTTP_TOO_MANY_REQUESTS            429
 
+/* the controller's --egress-allow takes as many (LSC_EGRESS_ALLOW_MAX) */
+#define NGX_HTTP_LLMSAFESPACE_EGRESS_ALLOW    16
+
 /* hex SHA-256 of a secret, as stored */
 #define NGX_HTTP_LLMSAFESPACE_HASH_HEX_LEN                                    \
     (2 * NGX_HTTP_LLMSAFESPACE_HASH_LEN)
@@ -108,6 +111,20 @@ typedef struct {
     /* sandboxes (ngx_http_llmsafespace_sandbox.c) */
     ngx_str_t                       claim_script; /* claim.lua, as loaded */
     ngx_uint_t                      sandbox_quota;
+
+    /* open WebSocket streams per sandbox (_streams.c) */
+    ngx_uint_t                      stream_limit;
+    ngx_shm_zone_t                 *streams;
+
+    /* servers with an API location, whose raw paths are checked */
+    ngx_array_t                    *api_servers;  /* core srv conf * */
+
+    /* llmsafespace_egress_allow: ranges of egress_ranges.h let through */
+    uint32_t                        egress_allow[
+                                        NGX_HTTP_LLMSAFESPACE_EGRESS_ALLOW];
+    int                             egress_allow_prefix[
+                                        NGX_HTTP_LLMSAFESPACE_EGRESS_ALLOW];
+    int                             egress_nallow;
 } ngx_http_llmsafespace_main_conf_t;
 
 
@@ -237,6 +254,17 @@ ngx_int_t ngx_http_llmsafespace_metrics_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_llmsafespace_metrics_init_process(ngx_cycle_t *cycle);
 void ngx_http_llmsafespace_metrics_exit_process(ngx_cycle_t *cycle);
 ngx_int_t ngx_http_llmsafespace_health_handler(ngx_http_request_t *r);
+
+/* streams per sandbox (ngx_http_llmsafespace_streams.c) */
+char *ngx_http_llmsafespace_stream_limit(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+ngx_int_t ngx_http_llmsafespace_streams_init_conf(ngx_conf_t *cf,
+    ngx_http_llmsafespace_main_conf_t *lmcf);
+ngx_int_t ngx_http_llmsafespace_streams_acquire(ngx_http_request_t *r,
+    ngx_str_t *id);
+
+/* raw paths (ngx_http_llmsafespace_path.c): a post-read handler */
+ngx_int_t ngx_http_llmsafespace_path_handler(ngx_http_request_t *r);
 
 /* audit (ngx_http_llmsafespace_audit.c) */
 void ngx_http_llmsafespace_audit(ngx_http_request_t *r, const char *action,

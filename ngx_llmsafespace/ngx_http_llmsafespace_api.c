@@ -43,8 +43,6 @@ static ngx_int_t ngx_http_llmsafespace_api_match(const char *path,
 static ngx_int_t ngx_http_llmsafespace_api_dispatch(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx);
 static void ngx_http_llmsafespace_api_body_handler(ngx_http_request_t *r);
-static ngx_int_t ngx_http_llmsafespace_api_parse_body(ngx_http_request_t *r,
-    ngx_http_llmsafespace_ctx_t *ctx);
 static void ngx_http_llmsafespace_api_query_done(void *data, PGresult *res,
     ngx_int_t rc);
 static void ngx_http_llmsafespace_api_redis_done(void *data,
@@ -196,12 +194,14 @@ ngx_http_llmsafespace_api_handler(ngx_http_request_t *r)
 static void
 ngx_http_llmsafespace_api_body_handler(ngx_http_request_t *r)
 {
-    ngx_int_t                     rc;
-    ngx_http_llmsafespace_ctx_t  *ctx;
+    ngx_int_t                          rc;
+    ngx_http_llmsafespace_ctx_t       *ctx;
+    ngx_http_llmsafespace_loc_conf_t  *llcf;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_llmsafespace_module);
+    llcf = ngx_http_get_module_loc_conf(r, ngx_http_llmsafespace_module);
 
-    rc = ngx_http_llmsafespace_api_parse_body(r, ctx);
+    rc = ngx_http_llmsafespace_api_parse_body(r, ctx, llcf->max_body_size);
 
     if (rc == NGX_OK) {
         rc = ngx_http_llmsafespace_api_dispatch(r, ctx);
@@ -215,14 +215,14 @@ ngx_http_llmsafespace_api_body_handler(ngx_http_request_t *r)
 
 
 /*
- * The body is JSON of at most client_max_body_size bytes, in memory or in
- * a temporary file; it must be an object.  An empty body is an empty
- * object, so "POST /user/apikeys" needs none.
+ * The body is JSON of at most "max" bytes (a chunked one is only counted
+ * once read), in memory or in a temporary file; it must be an object.  An
+ * empty body is an empty object, so "POST /user/apikeys" needs none.
  */
 
-static ngx_int_t
+ngx_int_t
 ngx_http_llmsafespace_api_parse_body(ngx_http_request_t *r,
-    ngx_http_llmsafespace_ctx_t *ctx)
+    ngx_http_llmsafespace_ctx_t *ctx, size_t max)
 {
     u_char        *p, *data;
     off_t          len;
@@ -238,6 +238,13 @@ ngx_http_llmsafespace_api_parse_body(ngx_http_request_t *r,
         for (cl = r->request_body->bufs; cl; cl = cl->next) {
             len += ngx_buf_size(cl->buf);
         }
+    }
+
+    if (len > (off_t) max) {
+        return ngx_http_llmsafespace_api_invalid(r, ctx,
+                                    NGX_HTTP_REQUEST_ENTITY_TOO_LARGE, NULL,
+                                    "JSON bodies are limited to %uz bytes",
+                                    max);
     }
 
     if (len == 0) {

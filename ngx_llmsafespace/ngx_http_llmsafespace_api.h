@@ -48,6 +48,13 @@ ngx_int_t ngx_http_llmsafespace_api_redis(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, int argc, const char **argv,
     const size_t *argvlen, ngx_http_llmsafespace_redis_done_pt done);
 
+/*
+ * The request body read, at most "max" bytes, as a JSON object in
+ * ctx->body: NGX_OK, NGX_DECLINED with the reason recorded, or a status
+ */
+ngx_int_t ngx_http_llmsafespace_api_parse_body(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, size_t max);
+
 /* request body checks: NGX_OK, or NGX_DECLINED with the reason recorded */
 ngx_int_t ngx_http_llmsafespace_api_invalid(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, ngx_uint_t status, const char *field,
@@ -100,6 +107,8 @@ ngx_int_t ngx_http_llmsafespace_users_delete(ngx_http_request_t *r,
 
 /* handlers of ngx_http_llmsafespace_sandbox.c */
 char *ngx_http_llmsafespace_sandboxes_directive(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+char *ngx_http_llmsafespace_egress_allow(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 ngx_int_t ngx_http_llmsafespace_sandboxes_list(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id);

@@ -177,6 +177,20 @@ static ngx_command_t  ngx_http_llmsafespace_commands[] = {
       0,
       NULL },
 
+    { ngx_string("llmsafespace_egress_allow"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_llmsafespace_egress_allow,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("llmsafespace_stream_limit"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_llmsafespace_stream_limit,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("llmsafespace_health"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_http_llmsafespace_handler_directive,
@@ -306,6 +320,18 @@ ngx_http_llmsafespace_init(ngx_conf_t *cf)
     lmcf = ngx_http_conf_get_module_main_conf(cf,
                                               ngx_http_llmsafespace_module);
 
+    /*
+     * A phase runs its handlers last added first: the raw path check may
+     * answer at once, so it goes after the request line is redacted.
+     */
+
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_POST_READ_PHASE].handlers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    *h = ngx_http_llmsafespace_path_handler;
+
     h = ngx_array_push(&cmcf->phases[NGX_HTTP_POST_READ_PHASE].handlers);
     if (h == NULL) {
         return NGX_ERROR;
@@ -364,6 +390,7 @@ ngx_http_llmsafespace_create_main_conf(ngx_conf_t *cf)
     lmcf->key_stale = NGX_CONF_UNSET;
     lmcf->limit_redis_down = NGX_CONF_UNSET_UINT;
     lmcf->audit_buffer = NGX_CONF_UNSET_UINT;
+    lmcf->stream_limit = NGX_CONF_UNSET_UINT;
 
     if (ngx_array_init(&lmcf->limit_zones, cf->pool, 4,
                        sizeof(ngx_http_llmsafespace_limit_zone_t *))
@@ -386,6 +413,11 @@ ngx_http_llmsafespace_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_uint_value(lmcf->limit_redis_down,
                              NGX_HTTP_LLMSAFESPACE_LIMIT_REDIS_LOCAL);
     ngx_conf_init_uint_value(lmcf->audit_buffer, 10000);
+    ngx_conf_init_uint_value(lmcf->stream_limit, 32);
+
+    if (ngx_http_llmsafespace_streams_init_conf(cf, lmcf) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
 
     if (ngx_http_llmsafespace_limit_init_main_conf(cf, lmcf) != NGX_CONF_OK)
     {
@@ -554,8 +586,10 @@ ngx_http_llmsafespace_handler_directive(ngx_conf_t *cf, ngx_command_t *cmd,
 {
     ngx_http_llmsafespace_loc_conf_t *llcf = conf;
 
-    ngx_str_t                 *value;
-    ngx_http_core_loc_conf_t  *clcf;
+    ngx_str_t                          *value;
+    ngx_http_core_srv_conf_t          **server;
+    ngx_http_core_loc_conf_t           *clcf;
+    ngx_http_llmsafespace_main_conf_t  *lmcf;
 
     if (llcf->handler != NGX_HTTP_LLMSAFESPACE_HANDLER_NONE) {
         return "conflicts with another llmsafespace handler in this location";
@@ -569,6 +603,24 @@ ngx_http_llmsafespace_handler_directive(ngx_conf_t *cf, ngx_command_t *cmd,
 
     case NGX_HTTP_LLMSAFESPACE_HANDLER_API:
         clcf->handler = ngx_http_llmsafespace_api_handler;
+
+        lmcf = ngx_http_conf_get_module_main_conf(cf,
+                                               ngx_http_llmsafespace_module);
+
+        if (lmcf->api_servers == NULL) {
+            lmcf->api_servers = ngx_array_create(cf->pool, 2,
+                                         sizeof(ngx_http_core_srv_conf_t *));
+            if (lmcf->api_servers == NULL) {
+                return NGX_CONF_ERROR;
+            }
+        }
+
+        server = ngx_array_push(lmcf->api_servers);
+        if (server == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        *server = ngx_http_conf_get_module_srv_conf(cf, ngx_http_core_module);
 
         ngx_str_set(&llcf->runner_location, "@llmsafespace_runner");
 

@@ -22,11 +22,19 @@
 #define NGX_HTTP_LLMSAFESPACE_SANDBOXES   "/api/v1/sandboxes/"
 #define NGX_HTTP_LLMSAFESPACE_TOKEN_LEN   64
 
+/*
+ * An execute or packages body: what the runner reads (its --max-request,
+ * 8 MiB by default, room for its 8 MiB of stdin), or more when
+ * llmsafespace_json_body_size says so.
+ */
+#define NGX_HTTP_LLMSAFESPACE_RUNNER_BODY (8 * 1024 * 1024)
 
+
+/* a JSON body's field: its name and type (JSON_NULL: a string or null) */
 typedef struct {
-    ngx_str_t                       id;
-    ngx_str_t                       path;     /* escaped, with the args */
-} ngx_http_llmsafespace_proxy_t;
+    const char                     *name;
+    json_type                       type;
+} ngx_http_llmsafespace_field_t;
 
 
 typedef struct {
@@ -35,13 +43,30 @@ typedef struct {
     const char                     *allow;
     const char                     *action;   /* audit */
     ngx_uint_t                      prefix;   /* tail is a prefix */
+    ngx_uint_t                      stream;   /* counted while open */
+    ngx_http_llmsafespace_field_t  *body;     /* JSON checked first */
 } ngx_http_llmsafespace_runner_route_t;
+
+
+typedef struct {
+    ngx_str_t                       id;
+    ngx_str_t                       path;     /* escaped, with the args */
+    ngx_http_llmsafespace_runner_route_t  *route;
+} ngx_http_llmsafespace_proxy_t;
 
 
 static ngx_int_t ngx_http_llmsafespace_proxy_route(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, redisReply *reply);
+static ngx_int_t ngx_http_llmsafespace_proxy_lookup(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx);
 static ngx_int_t ngx_http_llmsafespace_proxy_record(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, PGresult *res);
+static ngx_int_t ngx_http_llmsafespace_proxy_go(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx);
+static size_t ngx_http_llmsafespace_proxy_body_max(ngx_http_request_t *r);
+static void ngx_http_llmsafespace_proxy_body(ngx_http_request_t *r);
+static ngx_int_t ngx_http_llmsafespace_proxy_check(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, ngx_http_llmsafespace_field_t *fields);
 static ngx_int_t ngx_http_llmsafespace_proxy_path(ngx_http_request_t *r,
     ngx_str_t *tail, ngx_str_t *path);
 static ngx_int_t ngx_http_llmsafespace_proxy_not_found(
@@ -53,17 +78,49 @@ static ngx_int_t ngx_http_llmsafespace_proxy_invalid(ngx_http_request_t *r,
     ngx_str_t *id, const char *what);
 
 
+/*
+ * The runner's requests (runner.md, lss_exec_parse()) with what each
+ * field must be: a field the runner does not know would be silently
+ * ignored there, so it is refused here, as a create's is.  Values are
+ * the runner's to check.
+ */
+
+static ngx_http_llmsafespace_field_t  ngx_http_llmsafespace_execute_fields[] =
+{
+    { "type", JSON_STRING },
+    { "language", JSON_STRING },
+    { "content", JSON_STRING },
+    { "args", JSON_ARRAY },
+    { "timeout", JSON_INTEGER },
+    { "env", JSON_OBJECT },
+    { "workingDir", JSON_STRING },
+    { "stdin", JSON_STRING },
+    { "context", JSON_NULL },
+    { NULL, 0 }
+};
+
+
+static ngx_http_llmsafespace_field_t  ngx_http_llmsafespace_packages_fields[] =
+{
+    { "packages", JSON_ARRAY },
+    { "manager", JSON_STRING },
+    { NULL, 0 }
+};
+
+
 static ngx_http_llmsafespace_runner_route_t
     ngx_http_llmsafespace_runner_routes[] =
 {
-    { "/execute", NGX_HTTP_POST, "POST", "sandbox.execute", 0 },
-    { "/packages", NGX_HTTP_POST, "POST", "sandbox.packages", 0 },
-    { "/stream", NGX_HTTP_GET, "GET", NULL, 0 },
-    { "/files", NGX_HTTP_GET, "GET", NULL, 0 },
+    { "/execute", NGX_HTTP_POST, "POST", "sandbox.execute", 0, 0,
+      ngx_http_llmsafespace_execute_fields },
+    { "/packages", NGX_HTTP_POST, "POST", "sandbox.packages", 0, 0,
+      ngx_http_llmsafespace_packages_fields },
+    { "/stream", NGX_HTTP_GET, "GET", NULL, 0, 1, NULL },
+    { "/files", NGX_HTTP_GET, "GET", NULL, 0, 0, NULL },
     { "/files/", NGX_HTTP_GET|NGX_HTTP_HEAD|NGX_HTTP_PUT|NGX_HTTP_DELETE
                  |NGX_HTTP_POST,
-      "GET, HEAD, PUT, DELETE, POST", "sandbox.files", 1 },
-    { NULL, 0, NULL, NULL, 0 }
+      "GET, HEAD, PUT, DELETE, POST", "sandbox.files", 1, 0, NULL },
+    { NULL, 0, NULL, NULL, 0, 0, NULL }
 };
 
 
@@ -170,6 +227,7 @@ ngx_http_llmsafespace_proxy(ngx_http_request_t *r,
     }
 
     px->id = id;
+    px->route = route;
 
     if (ngx_http_llmsafespace_proxy_path(r, &tail, &px->path) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -267,13 +325,13 @@ static ngx_int_t
 ngx_http_llmsafespace_proxy_route(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, redisReply *reply)
 {
-    u_char                            *p, *user, *admin;
+    u_char                            *p, buf[160];
     int64_t                            expires;
+    ngx_int_t                          rc;
+    ngx_str_t                          message;
     ngx_uint_t                         i;
     redisReply                        *owner, *runner, *token, *exp;
-    const char                        *values[3];
     ngx_http_llmsafespace_proxy_t     *px;
-    ngx_http_llmsafespace_loc_conf_t  *llcf;
     ngx_http_llmsafespace_main_conf_t *lmcf;
 
     px = ctx->sandbox;
@@ -287,44 +345,21 @@ ngx_http_llmsafespace_proxy_route(ngx_http_request_t *r,
     token = reply->element[2];
     exp = reply->element[3];
 
-    if (owner->type != REDIS_REPLY_STRING) {
+    /*
+     * No route, another user's sandbox or an unclaimed warm one: the
+     * record decides, by the same query whichever it is, so that another
+     * user's id is answered as a missing one is, in the same time
+     * (security.md, case 29).
+     */
 
-        /* no route: the record says whether it is coming or gone */
-
-        lmcf = ngx_http_get_module_main_conf(r, ngx_http_llmsafespace_module);
-
-        if (lmcf->pg.conninfo.len == 0) {
-            return ngx_http_llmsafespace_proxy_not_found(r, &px->id);
-        }
-
-        values[0] = (const char *) ngx_http_llmsafespace_api_cstr(r,
-                                                px->id.data, px->id.len);
-        user = ngx_http_llmsafespace_api_cstr(r, ctx->identity.user_id.data,
-                                              ctx->identity.user_id.len);
-        if (values[0] == NULL || user == NULL) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        admin = (u_char *) (ctx->identity.role
-                            == NGX_HTTP_LLMSAFESPACE_ROLE_ADMIN ? "t" : "f");
-        values[1] = (const char *) user;
-        values[2] = (const char *) admin;
-
-        return ngx_http_llmsafespace_api_query(r, ctx,
-                                      ngx_http_llmsafespace_proxy_record_sql,
-                                      3, values,
-                                      ngx_http_llmsafespace_proxy_record);
-    }
-
-    /* another user's sandbox, or an unclaimed warm one, does not exist */
-
-    if (owner->len == 0
+    if (owner->type != REDIS_REPLY_STRING
+        || owner->len == 0
         || (ctx->identity.role != NGX_HTTP_LLMSAFESPACE_ROLE_ADMIN
             && (owner->len != ctx->identity.user_id.len
                 || ngx_strncmp(owner->str, ctx->identity.user_id.data,
                                owner->len) != 0)))
     {
-        return ngx_http_llmsafespace_proxy_not_found(r, &px->id);
+        return ngx_http_llmsafespace_proxy_lookup(r, ctx);
     }
 
     expires = 0;
@@ -393,9 +428,211 @@ ngx_http_llmsafespace_proxy_route(ngx_http_request_t *r,
 
     ctx->sandbox_id = px->id;
 
+    if (px->route->stream && r->headers_in.upgrade) {
+
+        rc = ngx_http_llmsafespace_streams_acquire(r, &px->id);
+
+        if (rc == NGX_DECLINED) {
+            lmcf = ngx_http_get_module_main_conf(r,
+                                               ngx_http_llmsafespace_module);
+
+            message.data = buf;
+            message.len = ngx_snprintf(buf, sizeof(buf), "sandbox %V has "
+                                       "%ui streams open, its limit: close "
+                                       "one first", &px->id,
+                                       lmcf->stream_limit) - buf;
+
+            return ngx_http_llmsafespace_send_error_details(r,
+                                    NGX_HTTP_TOO_MANY_REQUESTS,
+                                    "too_many_streams", &message,
+                                    json_pack("{s:I}", "limit",
+                                              (json_int_t)
+                                              lmcf->stream_limit));
+        }
+
+        if (rc != NGX_OK) {
+            return ngx_http_llmsafespace_send_error(r,
+                                    NGX_HTTP_SERVICE_UNAVAILABLE,
+                                    "unavailable", "no room to count "
+                                    "another stream, retry later");
+        }
+    }
+
+    if (px->route->body == NULL) {
+        return ngx_http_llmsafespace_proxy_go(r, ctx);
+    }
+
+    /* the body is JSON: read whole, checked, then proxied as read */
+
+    if (r->headers_in.content_length_n
+        > (off_t) ngx_http_llmsafespace_proxy_body_max(r))
+    {
+        if (ngx_http_discard_request_body(r) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        return ngx_http_llmsafespace_send_error(r,
+                                    NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                                    "payload_too_large",
+                                    "execute and packages bodies are "
+                                    "limited to %uz bytes",
+                                    ngx_http_llmsafespace_proxy_body_max(r));
+    }
+
+    rc = ngx_http_read_client_request_body(r,
+                                       ngx_http_llmsafespace_proxy_body);
+
+    if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
+        return rc;
+    }
+
+    return NGX_DONE;
+}
+
+
+static size_t
+ngx_http_llmsafespace_proxy_body_max(ngx_http_request_t *r)
+{
+    ngx_http_llmsafespace_loc_conf_t  *llcf;
+
+    llcf = ngx_http_get_module_loc_conf(r, ngx_http_llmsafespace_module);
+
+    return ngx_max(llcf->max_body_size, NGX_HTTP_LLMSAFESPACE_RUNNER_BODY);
+}
+
+
+static ngx_int_t
+ngx_http_llmsafespace_proxy_go(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx)
+{
+    ngx_http_llmsafespace_loc_conf_t  *llcf;
+
     llcf = ngx_http_get_module_loc_conf(r, ngx_http_llmsafespace_module);
 
     return ngx_http_named_location(r, &llcf->runner_location);
+}
+
+
+static void
+ngx_http_llmsafespace_proxy_body(ngx_http_request_t *r)
+{
+    ngx_int_t                       rc;
+    ngx_http_llmsafespace_ctx_t    *ctx;
+    ngx_http_llmsafespace_proxy_t  *px;
+
+    ctx = ngx_http_llmsafespace_get_ctx(r);
+    px = ctx->sandbox;
+
+    rc = ngx_http_llmsafespace_api_parse_body(r, ctx,
+                                      ngx_http_llmsafespace_proxy_body_max(r));
+
+    if (rc == NGX_OK) {
+        rc = ngx_http_llmsafespace_proxy_check(r, ctx, px->route->body);
+    }
+
+    if (rc == NGX_OK) {
+        rc = ngx_http_llmsafespace_proxy_go(r, ctx);
+
+    } else if (rc == NGX_DECLINED) {
+        rc = ngx_http_llmsafespace_api_reject(r, ctx);
+    }
+
+    ngx_http_finalize_request(r, rc);
+}
+
+
+/* unknown fields are refused (422), fields of the wrong type are 400 */
+
+static ngx_int_t
+ngx_http_llmsafespace_proxy_check(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, ngx_http_llmsafespace_field_t *fields)
+{
+    json_t                         *v;
+    const char                     *key, *what;
+    ngx_http_llmsafespace_field_t  *f;
+
+    json_object_foreach(ctx->body, key, v) {
+
+        for (f = fields; f->name; f++) {
+            if (ngx_strcmp(key, f->name) == 0) {
+                break;
+            }
+        }
+
+        if (f->name == NULL) {
+            return ngx_http_llmsafespace_api_invalid(r, ctx, 422, key,
+                                        "unknown field \"%s\"", key);
+        }
+
+        if (f->type == JSON_NULL
+            ? (json_is_string(v) || json_is_null(v))
+            : (json_typeof(v) == f->type))
+        {
+            continue;
+        }
+
+        switch (f->type) {
+        case JSON_ARRAY:
+            what = "an array";
+            break;
+        case JSON_OBJECT:
+            what = "an object";
+            break;
+        case JSON_INTEGER:
+            what = "an integer";
+            break;
+        case JSON_NULL:
+            what = "a string or null";
+            break;
+        default:
+            what = "a string";
+            break;
+        }
+
+        return ngx_http_llmsafespace_api_invalid(r, ctx,
+                                        NGX_HTTP_BAD_REQUEST, f->name,
+                                        "field \"%s\" must be %s", f->name,
+                                        what);
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_llmsafespace_proxy_lookup(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx)
+{
+    u_char                             *user, *admin;
+    const char                         *values[3];
+    ngx_http_llmsafespace_proxy_t      *px;
+    ngx_http_llmsafespace_main_conf_t  *lmcf;
+
+    px = ctx->sandbox;
+
+    lmcf = ngx_http_get_module_main_conf(r, ngx_http_llmsafespace_module);
+
+    if (lmcf->pg.conninfo.len == 0) {
+        return ngx_http_llmsafespace_proxy_not_found(r, &px->id);
+    }
+
+    values[0] = (const char *) ngx_http_llmsafespace_api_cstr(r,
+                                            px->id.data, px->id.len);
+    user = ngx_http_llmsafespace_api_cstr(r, ctx->identity.user_id.data,
+                                          ctx->identity.user_id.len);
+    if (values[0] == NULL || user == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    admin = (u_char *) (ctx->identity.role
+                        == NGX_HTTP_LLMSAFESPACE_ROLE_ADMIN ? "t" : "f");
+    values[1] = (const char *) user;
+    values[2] = (const char *) admin;
+
+    return ngx_http_llmsafespace_api_query(r, ctx,
+                                  ngx_http_llmsafespace_proxy_record_sql,
+                                  3, values,
+                                  ngx_http_llmsafespace_proxy_record);
 }
 
 

@@ -14,10 +14,12 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 
+#include <arpa/inet.h>
 #include <openssl/rand.h>
 
 #include "ngx_http_llmsafespace.h"
 #include "ngx_http_llmsafespace_api.h"
+#include "egress_ranges.h"
 
 
 #define NGX_HTTP_LLMSAFESPACE_TS(col)                                         \
@@ -86,6 +88,9 @@ static ngx_int_t ngx_http_llmsafespace_create_validate(
 static double ngx_http_llmsafespace_quantity_unit(const char *s, size_t len);
 static ngx_int_t ngx_http_llmsafespace_check_network(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, json_t *v);
+static int ngx_http_llmsafespace_prefix(uint32_t mask);
+static ngx_int_t ngx_http_llmsafespace_check_address(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, const char *domain);
 static ngx_int_t ngx_http_llmsafespace_check_labels(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, json_t *v);
 static const char *ngx_http_llmsafespace_json_text(ngx_http_request_t *r,
@@ -318,6 +323,66 @@ ngx_http_llmsafespace_sandboxes_directive(ngx_conf_t *cf, ngx_command_t *cmd,
 
 
 /*
+ * llmsafespace_egress_allow CIDR ...;
+ * private and special ranges (egress_ranges.h) a create may name, as the
+ * controller's --egress-allow lets its grants reach them.
+ */
+
+char *
+ngx_http_llmsafespace_egress_allow(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_llmsafespace_main_conf_t  *lmcf = conf;
+
+    ngx_int_t    rc;
+    ngx_str_t   *value;
+    ngx_uint_t   i;
+    ngx_cidr_t   cidr;
+
+    value = cf->args->elts;
+
+    for (i = 1; i < cf->args->nelts; i++) {
+
+        rc = ngx_ptocidr(&value[i], &cidr);
+
+        if (rc == NGX_ERROR || cidr.family != AF_INET
+            || ngx_strlchr(value[i].data, value[i].data + value[i].len, '/')
+               == NULL)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "\"llmsafespace_egress_allow\": invalid "
+                               "range \"%V\", expected an IPv4 network "
+                               "such as 10.20.0.0/16", &value[i]);
+            return NGX_CONF_ERROR;
+        }
+
+        if (rc == NGX_DONE) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "\"llmsafespace_egress_allow\": range "
+                               "\"%V\" has host bits set", &value[i]);
+            return NGX_CONF_ERROR;
+        }
+
+        if (lmcf->egress_nallow == NGX_HTTP_LLMSAFESPACE_EGRESS_ALLOW) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "\"llmsafespace_egress_allow\": at most "
+                               "%d ranges",
+                               NGX_HTTP_LLMSAFESPACE_EGRESS_ALLOW);
+            return NGX_CONF_ERROR;
+        }
+
+        lmcf->egress_allow[lmcf->egress_nallow] =
+                                             ntohl(cidr.u.in.addr);
+        lmcf->egress_allow_prefix[lmcf->egress_nallow] =
+                          ngx_http_llmsafespace_prefix(ntohl(cidr.u.in.mask));
+        lmcf->egress_nallow++;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/*
  * What every route here needs: PostgreSQL, the caller's id, the id.
  * NGX_OK, or NGX_DONE when the request was answered ("answered" holds
  * the answer's rc).
@@ -512,7 +577,11 @@ ngx_http_llmsafespace_create_validate(ngx_http_request_t *r,
         }
     }
 
-    /* the level: as asked, else the profile's; "custom" is the profile's */
+    /*
+     * The level: the profile's, else as asked; "custom" is the profile's.
+     * A request may raise a profile's level, never lower it: a profile
+     * is the operator's policy.
+     */
 
     sb->level = "standard";
 
@@ -534,6 +603,15 @@ ngx_http_llmsafespace_create_validate(ngx_http_request_t *r,
         } else if (ngx_strcmp(requested, "standard") == 0
                    || ngx_strcmp(requested, "high") == 0)
         {
+            if (ngx_strcmp(sb->level, "high") == 0
+                && ngx_strcmp(requested, "high") != 0)
+            {
+                return ngx_http_llmsafespace_api_invalid(r, ctx, 422,
+                                    "securityLevel", "profile \"%s\" runs "
+                                    "at security level \"high\": a request "
+                                    "may not lower it", profile_ref);
+            }
+
             sb->level = requested;
 
         } else {
@@ -926,6 +1004,10 @@ ngx_http_llmsafespace_check_network(ngx_http_request_t *r,
                                     "{\"domain\": name, \"ports\"?: [..]}");
         }
 
+        if (ngx_http_llmsafespace_check_address(r, ctx, domain) != NGX_OK) {
+            return NGX_DECLINED;
+        }
+
         for (k = 0; domain[k]; k++) {
             /* names only: the controller resolves each to addresses */
             if (!(isalnum((u_char) domain[k]) || domain[k] == '.'
@@ -959,6 +1041,85 @@ ngx_http_llmsafespace_check_network(ngx_http_request_t *r,
     }
 
     return NGX_OK;
+}
+
+
+/* the prefix length of a netmask (host order) */
+
+static int
+ngx_http_llmsafespace_prefix(uint32_t mask)
+{
+    int  n;
+
+    for (n = 0; n < 32 && (mask & (0x80000000u >> n)); n++) {
+        /* void */
+    }
+
+    return n;
+}
+
+
+/*
+ * An egress "domain" that is an address, in any spelling the controller's
+ * resolver takes ("10.0.0.1", "167772161", "0xa000001", inet_aton's), or
+ * a range: refused when it falls in a private or special range that
+ * llmsafespace_egress_allow does not let through.  Names are the
+ * controller's to check once they resolve.
+ */
+
+static ngx_int_t
+ngx_http_llmsafespace_check_address(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, const char *domain)
+{
+    ngx_int_t                           rc;
+    ngx_str_t                           s;
+    ngx_cidr_t                          cidr;
+    struct in_addr                      in;
+    const lss_egress_range_t           *range;
+    ngx_http_llmsafespace_main_conf_t  *lmcf;
+
+    lmcf = ngx_http_get_module_main_conf(r, ngx_http_llmsafespace_module);
+
+    if (inet_aton(domain, &in) != 0) {
+        range = lss_egress_refused(ntohl(in.s_addr), 32, lmcf->egress_allow,
+                                   lmcf->egress_allow_prefix,
+                                   lmcf->egress_nallow);
+
+    } else if (ngx_strchr(domain, '/') != NULL) {
+        s.data = (u_char *) domain;
+        s.len = ngx_strlen(domain);
+
+        rc = ngx_ptocidr(&s, &cidr);
+
+        if (rc == NGX_ERROR || cidr.family != AF_INET) {
+            return NGX_OK;          /* not a range: an invalid name */
+        }
+
+        range = lss_egress_refused(ntohl(cidr.u.in.addr),
+                          ngx_http_llmsafespace_prefix(ntohl(cidr.u.in.mask)),
+                                   lmcf->egress_allow,
+                                   lmcf->egress_allow_prefix,
+                                   lmcf->egress_nallow);
+        if (range == NULL) {
+            return ngx_http_llmsafespace_api_invalid(r, ctx, 422,
+                                    "networkAccess", "egress \"%s\": a rule "
+                                    "names a host or an address, not a "
+                                    "range", domain);
+        }
+
+    } else {
+        return NGX_OK;
+    }
+
+    if (range == NULL) {
+        return NGX_OK;
+    }
+
+    return ngx_http_llmsafespace_api_invalid(r, ctx, 422, "networkAccess",
+                                    "egress \"%s\" is refused: %s %s%s",
+                                    domain, range->what, range->cidr,
+                                    range->never ? "" : " (not allowed by "
+                                    "llmsafespace_egress_allow)");
 }
 
 

@@ -96,6 +96,10 @@ is($rc, 0, 'full configuration with postgres passes') or diag($out);
     api => 'llmsafespace_api;', proxy => 'llmsafespace_auth off;'));
 is($rc, 0, 'minimal configuration: unix socket, no zones') or diag($out);
 
+($rc, $out) = $t->nginx_test(conf(http_extra => 'llmsafespace_egress_allow '
+    . "10.20.0.0/16 192.168.7.0/24;\n    llmsafespace_egress_allow 0.0.0.0/0;"));
+is($rc, 0, 'llmsafespace_egress_allow, repeated, passes') or diag($out);
+
 ($rc, $out) = $t->nginx_test(conf(down => 'llmsafespace_limit_redis_down '
     . 'refuse;'));
 is($rc, 0, 'llmsafespace_limit_redis_down refuse passes') or diag($out);
@@ -256,6 +260,18 @@ my @bad = (
     [ 'health and metrics in one location',
       { health => "llmsafespace_health;\nllmsafespace_metrics;" },
       'llmsafespace_metrics', qr/conflict|duplicate/ ],
+    [ 'egress_allow: not a range',
+      { http_extra => 'llmsafespace_egress_allow 10.0.0.1;' },
+      'llmsafespace_egress_allow', qr/10\.0\.0\.1/ ],
+    [ 'egress_allow: IPv6',
+      { http_extra => 'llmsafespace_egress_allow fd00::/8;' },
+      'llmsafespace_egress_allow', qr/fd00::\/8/ ],
+    [ 'egress_allow: host bits',
+      { http_extra => 'llmsafespace_egress_allow 10.1.0.0/8;' },
+      'llmsafespace_egress_allow', qr/host bits/ ],
+    [ 'egress_allow: in server context',
+      { server_extra => 'llmsafespace_egress_allow 10.0.0.0/8;' },
+      'llmsafespace_egress_allow', qr/not allowed here/ ],
     [ 'health in server context',
       { server_extra => 'llmsafespace_health;' },
       'llmsafespace_health', qr/not allowed here/ ],

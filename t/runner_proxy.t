@@ -5,7 +5,10 @@
 # runner token the gateway adds and the headers the runner needs get
 # through: no API key (header or ?token=), no forged internal header.
 # Routes are checked: owner, expiry, a damaged route; the runner's answer
-# (status, body, WebSocket) comes back as it was sent.
+# (status, body, WebSocket) comes back as it was sent.  Another user's
+# sandbox is answered exactly as a missing one; execute and packages
+# bodies are checked field by field before they leave; streams per
+# sandbox are capped (llmsafespace_stream_limit).
 
 use warnings;
 use strict;
@@ -69,8 +72,10 @@ http {
     llmsafespace_postgres "%%PG%%";
     llmsafespace_key_cache zone=keys:1m;
     ${\ $t->sandbox_conf() }
+    llmsafespace_stream_limit 2;
     server {
         listen 127.0.0.1:%%PORT_8080%%;
+        client_max_body_size 100m;
         location /api/v1/ {
             llmsafespace_api;
         }
@@ -94,6 +99,11 @@ sub route {
 route(owner => $alice_id, runner => "unix:$sock", token => $token,
       expires => (time() + 3600) * 1000, runtime => 'python', pool => '',
       phase => 'Running');
+
+# the workers connect to PostgreSQL once started (slowly under valgrind)
+ok($t->wait_for(sub {
+    $t->get('/api/v1/user', key => $alice)->{status} == 200 }, 10),
+   'the gateway looks keys up');
 
 sub call {
     my ($method, $path, %o) = @_;
@@ -147,6 +157,108 @@ if ($ws) {
     $ws->send('hi');
     is($ws->recv(5), "runner: hi ($token)", 'frames both ways, token added');
     $ws->close();
+}
+
+# execute and packages bodies: unknown fields and wrong types never leave
+
+for my $case (
+    [ '/execute', { content => 'x', langauge => 'bash' }, 422, 'langauge' ],
+    [ '/execute', { content => 'x', user => 'root' }, 422, 'user' ],
+    [ '/execute', { content => 'x', timeout => '5' }, 400, 'timeout' ],
+    [ '/execute', { content => [ 'x' ] }, 400, 'content' ],
+    [ '/execute', { content => 'x', env => [ 'A=1' ] }, 400, 'env' ],
+    [ '/execute', { type => 'command', args => 'ls' }, 400, 'args' ],
+    [ '/execute', { content => 'x', context => 5 }, 400, 'context' ],
+    [ '/packages', { packages => ['x'], manager => 'pip', index => 'u' },
+      422, 'index' ],
+    [ '/packages', { packages => 'x' }, 400, 'packages' ],
+)
+{
+    my ($tail, $body, $status, $field) = @$case;
+    ($st, $b) = call('POST', $tail, key => $alice, json => $body);
+    is($st, $status, "$tail with $field: $status");
+    is($b->{error}{details}{field}, $field, '  naming the field');
+    ok(!exists $b->{path}, '  not proxied');
+}
+
+($st, $b) = call('POST', '/execute', key => $alice,
+    body => '{"content": "x",', headers => {
+        'Content-Type' => 'application/json' });
+is($st, 400, 'malformed JSON: 400');
+
+my $full = { type => 'code', language => 'python', content => 'print(1)',
+             timeout => 5, env => { A => '1' }, workingDir => 'w',
+             stdin => 'in', context => undef };
+($st, $b) = call('POST', '/execute', key => $alice, json => $full);
+is($st, 200, 'every field of an execute: proxied');
+is($b->{length}, length(encode_json($full)), '  the body whole');
+($st, $b) = call('POST', '/execute', key => $alice,
+    json => { type => 'command', args => ['ls', '-l'] });
+is($st, 200, 'a command with args: proxied');
+($st, $b) = call('POST', '/packages', key => $alice,
+    json => { packages => ['numpy'], manager => 'pip' });
+is($st, 200, 'packages: proxied');
+
+my $stdin = { content => 'cat', stdin => 'x' x (3 * 1024 * 1024) };
+($st, $b) = call('POST', '/execute', key => $alice, json => $stdin);
+is($st, 200, 'an execute with 3 MiB of stdin: proxied');
+is($b->{length}, length(encode_json($stdin)), '  whole');
+
+($st, $b) = call('POST', '/execute', key => $alice,
+    body => '{"content": "' . ('x' x (8 * 1024 * 1024)) . '"}');
+is($st, 413, 'an execute body past the runner\'s 8 MiB: 413');
+is($b->{error}{code}, 'payload_too_large', '  as JSON');
+
+my $chunked = $t->http("POST /api/v1/sandboxes/$id/execute HTTP/1.1\r\n"
+    . "Host: x\r\nAuthorization: Bearer $alice\r\nConnection: close\r\n"
+    . "Transfer-Encoding: chunked\r\n\r\n"
+    . join('', map { sprintf("%x\r\n%s\r\n", 65536, 'x' x 65536) } 1 .. 129)
+    . "0\r\n\r\n");
+like($chunked, qr!^HTTP/1\.1 413.*payload_too_large!s,
+     '  also chunked');
+
+# streams per sandbox: the limit, then one more when one closes
+
+my @ws = map { $t->websocket("/api/v1/sandboxes/$id/stream?token=$alice") }
+         1 .. 2;
+ok($ws[0] && $ws[1], 'streams up to the limit open');
+$ws[1]->send('two') if $ws[1];
+is($ws[1] && $ws[1]->recv(5), "runner: two ($token)", '  and work');
+
+my $third = $t->websocket("/api/v1/sandboxes/$id/stream?token=$alice");
+ok(!$third, 'one more is refused');
+is($t->{ws_status}, 429, '  with status 429');
+my $refused = eval { $json->decode($t->{ws_body} // '') } // {};
+is($refused->{error}{code}, 'too_many_streams', '  too_many_streams');
+is($refused->{error}{details}{limit}, 2, '  with the limit');
+
+($st, $b) = call('POST', '/execute', key => $alice, json => { content => 'x' });
+is($st, 200, 'executions are not streams');
+
+$ws[0]->close();
+my $again = $t->wait_for(sub {
+    $t->websocket("/api/v1/sandboxes/$id/stream?token=$alice") }, 10);
+ok($again, 'a closed stream makes room');
+$_ && $_->close() for $again, $ws[1];
+
+# another user's sandbox: the very answer of a missing one
+
+my $missing = 'sb-nosuch000000000001';
+is(length($missing), length($id), 'ids of one length');
+
+for my $tail ('/execute', '/files/x', '/files', '/stream', '/packages') {
+    my $method = $tail =~ m!^/(?:execute|packages)$! ? 'POST' : 'GET';
+    my @r = map {
+        my $r = $t->request($method, "/api/v1/sandboxes/$_$tail",
+                            key => $bob, json => { content => 'x' });
+        delete $r->{headers}{date};
+        $r->{body} =~ s/\Q$_\E/ID/g;
+        $r
+    } $id, $missing;
+    is($r[0]{status}, 404, "$method $tail of another user: 404");
+    is_deeply([ @{$r[0]}{qw/status body headers/} ],
+              [ @{$r[1]}{qw/status body headers/} ],
+              '  status, body and headers those of a missing id');
 }
 
 # ownership, expiry, damaged routes
@@ -204,5 +316,24 @@ is($st, 503, 'running but without a route: 503, retry');
 
 ($st, $b) = call('POST', '/execute', key => $bob, body => '');
 is($st, 404, 'still 404 for another user');
+
+# the same path, not only the same answer: without PostgreSQL, another
+# user's id waits on the same query as a missing one and fails the same
+
+$t->redis()->hset("lss:sb:$id", owner => $alice_id, runner => "unix:$sock",
+                  token => $token, expires => (time() + 3600) * 1000);
+$t->pg_stop();
+my @down = map {
+    my $r = $t->request('POST', "/api/v1/sandboxes/$_/execute", key => $bob,
+                        json => { content => 'x' });
+    delete $r->{headers}{date};
+    $r->{body} =~ s/\Q$_\E/ID/g;
+    $r
+} $id, 'sb-nosuch000000000001';
+is($down[1]{status}, 503, 'PostgreSQL down: a missing id cannot be told');
+is_deeply([ @{$down[0]}{qw/status body headers/} ],
+          [ @{$down[1]}{qw/status body headers/} ],
+          '  nor another user\'s: the very same answer');
+$t->pg_start();
 
 $t->finish();

@@ -20,6 +20,7 @@
 /* the runner's socket path under it must fit sun_path (108 bytes) */
 #define LSC_STATE_LEN     64
 #define LSC_MAX_SANDBOXES 4096
+#define LSC_EGRESS_ALLOW_MAX 16      /* --egress-allow ranges */
 #define LSC_MAX_POOLS     64
 #define LSC_MAX_SCRIPTS   16
 
@@ -166,6 +167,9 @@ typedef struct lsc_ctx_s {
     int              egress_prefix;  /* 0: not set, the default */
     char             hosts_file[LSC_PATH_LEN];   /* --hosts, or "" */
     int              fair_share;     /* --fair-share: CPU per user */
+    uint32_t         egress_allow[LSC_EGRESS_ALLOW_MAX];  /* --egress-allow */
+    int              egress_allow_prefix[LSC_EGRESS_ALLOW_MAX];
+    int              egress_nallow;
 
     /* state */
     redisContext    *redis;
@@ -281,6 +285,7 @@ int lsc_local_prepare(lsc_ctx_t *ctx);
 
 /* lsc_net.c */
 int lsc_net_config(lsc_ctx_t *ctx, const char *cidr);
+int lsc_net_allow(lsc_ctx_t *ctx, const char *cidr);
 int lsc_net_setup(lsc_ctx_t *ctx, lsc_sandbox_t *sb, lsc_pool_t *pool,
     const char *bundle, const char *run);
 int lsc_net_teardown(lsc_ctx_t *ctx, const char *id);

@@ -60,6 +60,8 @@ lsc_usage(void)
         "  --egress-subnet CIDR addresses of egress links (10.213.0.0/16)\n"
         "  --hosts FILE         names egress resolves before the host's\n"
         "  --fair-share 0|1     CPU shared per user, not per sandbox (1)\n"
+        "  --egress-allow CIDR  a private or special range egress may\n"
+        "                       reach (repeatable; refused by default)\n"
         "  --terminate-all      terminate every sandbox, then exit\n");
 }
 
@@ -114,6 +116,7 @@ lsc_options(lsc_ctx_t *ctx, int argc, char **argv)
         { "terminate-all", no_argument, NULL, 'X' },
         { "egress-subnet", required_argument, NULL, 'E' },
         { "hosts", required_argument, NULL, 'H' },
+        { "egress-allow", required_argument, NULL, 'A' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 }
     };
@@ -184,6 +187,14 @@ lsc_options(lsc_ctx_t *ctx, int argc, char **argv)
             break;
         case 'H': snprintf(ctx->hosts_file, LSC_PATH_LEN, "%s", optarg);
                   break;
+        case 'A':
+            if (lsc_net_allow(ctx, optarg) != 0) {
+                fprintf(stderr, "controller: --egress-allow: an IPv4 "
+                        "network (a.b.c.d/n, host bits zero), at most %d\n",
+                        LSC_EGRESS_ALLOW_MAX);
+                return -1;
+            }
+            break;
         default:
             lsc_usage();
             return -1;

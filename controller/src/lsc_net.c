@@ -48,6 +48,7 @@
 #include <unistd.h>
 
 #include "lsc.h"
+#include "../contract/egress_ranges.h"
 
 
 #define LSC_NFT_TABLE     "inet llmsafespace"
@@ -108,17 +109,13 @@ static const char  lsc_nft_base[] =
     "add rule " LSC_NFT_TABLE " postrouting iifname @ifaces masquerade\n";
 
 
-/*
- * --egress-subnet: room for one /30 per slot.  Returns 0, or -1 with
- * nothing changed.
- */
-int
-lsc_net_config(lsc_ctx_t *ctx, const char *cidr)
+/* "a.b.c.d/n" with no host bits set: 0, or -1 */
+static int
+lsc_net_cidr(const char *cidr, uint32_t *net, int *prefix)
 {
     char            buf[32], *slash, *end;
-    long            prefix;
+    long            n;
     struct in_addr  a;
-    uint32_t        net, mask;
 
     if (strlen(cidr) >= sizeof(buf)) {
         return -1;
@@ -129,20 +126,57 @@ lsc_net_config(lsc_ctx_t *ctx, const char *cidr)
         return -1;
     }
     *slash = '\0';
-    prefix = strtol(slash + 1, &end, 10);
-    /* 4 addresses per slot: 4 * 4096 slots need a /18 */
-    if (*end != '\0' || prefix < 8 || prefix > 18
+    n = strtol(slash + 1, &end, 10);
+    if (*end != '\0' || slash[1] == '\0' || n < 0 || n > 32
         || inet_pton(AF_INET, buf, &a) != 1)
     {
         return -1;
     }
-    net = ntohl(a.s_addr);
-    mask = 0xffffffffu << (32 - prefix);
-    if ((net & mask) != net) {
+    *net = ntohl(a.s_addr);
+    *prefix = (int) n;
+    return (*net & lss_egress_mask(*prefix)) == *net ? 0 : -1;
+}
+
+
+/*
+ * --egress-subnet: room for one /30 per slot.  Returns 0, or -1 with
+ * nothing changed.
+ */
+int
+lsc_net_config(lsc_ctx_t *ctx, const char *cidr)
+{
+    int       prefix;
+    uint32_t  net;
+
+    /* 4 addresses per slot: 4 * 4096 slots need a /18 */
+    if (lsc_net_cidr(cidr, &net, &prefix) != 0 || prefix < 8 || prefix > 18)
+    {
         return -1;
     }
     ctx->egress_net = net;
-    ctx->egress_prefix = (int) prefix;
+    ctx->egress_prefix = prefix;
+    return 0;
+}
+
+
+/*
+ * --egress-allow: a private or special range (egress_ranges.h) the
+ * operator lets granted egress reach.  Returns 0, or -1.
+ */
+int
+lsc_net_allow(lsc_ctx_t *ctx, const char *cidr)
+{
+    int       prefix;
+    uint32_t  net;
+
+    if (ctx->egress_nallow == LSC_EGRESS_ALLOW_MAX
+        || lsc_net_cidr(cidr, &net, &prefix) != 0)
+    {
+        return -1;
+    }
+    ctx->egress_allow[ctx->egress_nallow] = net;
+    ctx->egress_allow_prefix[ctx->egress_nallow] = prefix;
+    ctx->egress_nallow++;
     return 0;
 }
 
@@ -378,34 +412,39 @@ lsc_net_hosts_lookup(const char *file, lsc_egress_t *r)
 
 
 /*
- * Never granted, whatever a name resolves to: this host's own addresses
- * (its services listen there), "this network", loopback, link-local
- * (169.254.169.254, the cloud metadata service), Alibaba's metadata
- * address, multicast and reserved space, and the egress subnet (other
- * sandboxes).
+ * Why an address is never granted, whatever name it came from, or NULL:
+ * the special ranges of egress_ranges.h (private ones unless the
+ * operator allowed them with --egress-allow), the egress subnet (other
+ * sandboxes) and this host's own addresses (its services listen there).
  */
-static int
-lsc_net_forbidden(lsc_ctx_t *ctx, uint32_t a, struct ifaddrs *ifs)
+static const char *
+lsc_net_forbidden(lsc_ctx_t *ctx, uint32_t a, struct ifaddrs *ifs,
+    char *buf, size_t len)
 {
-    uint32_t         h, mask;
-    struct ifaddrs  *i;
+    uint32_t                   h, mask;
+    struct ifaddrs            *i;
+    const lss_egress_range_t  *r;
 
     h = ntohl(a);
+    r = lss_egress_refused(h, 32, ctx->egress_allow,
+                           ctx->egress_allow_prefix, ctx->egress_nallow);
+    if (r != NULL) {
+        snprintf(buf, len, "%s %s%s", r->what, r->cidr,
+                 r->never ? "" : ", not allowed by --egress-allow");
+        return buf;
+    }
     mask = 0xffffffffu << (32 - ctx->egress_prefix);
-    if ((h >> 24) == 0 || (h >> 24) == 127 || (h >> 16) == 0xa9fe
-        || h >= 0xe0000000u || h == 0x646464c8u
-        || (h & mask) == ctx->egress_net)
-    {
-        return 1;
+    if ((h & mask) == ctx->egress_net) {
+        return "the egress subnet (other sandboxes)";
     }
     for (i = ifs; i != NULL; i = i->ifa_next) {
         if (i->ifa_addr != NULL && i->ifa_addr->sa_family == AF_INET
             && ((struct sockaddr_in *) i->ifa_addr)->sin_addr.s_addr == a)
         {
-            return 1;
+            return "this host's own address";
         }
     }
-    return 0;
+    return NULL;
 }
 
 
@@ -416,8 +455,9 @@ lsc_net_resolve(lsc_ctx_t *ctx, lsc_egress_t *r, struct ifaddrs *ifs,
     struct addrinfo   hints, *res, *ai;
     uint32_t          all[LSC_NET_ADDRS];
     int               rc, i, n;
-    char              ip[INET_ADDRSTRLEN];
+    char              ip[INET_ADDRSTRLEN], buf[128];
     struct in_addr    a;
+    const char       *refused, *first;
 
     rc = 0;
     if (ctx->hosts_file[0] != '\0') {
@@ -445,19 +485,33 @@ lsc_net_resolve(lsc_ctx_t *ctx, lsc_egress_t *r, struct ifaddrs *ifs,
         freeaddrinfo(res);
     }
 
+    /*
+     * Refused addresses are left out; a name left with none is refused
+     * with the first one and its range, which the record then shows.
+     */
     memcpy(all, r->addr, sizeof(all));
     n = r->naddr;
     r->naddr = 0;
+    first = "no address";
+    a.s_addr = 0;
     for (i = 0; i < n; i++) {
-        if (!lsc_net_forbidden(ctx, all[i], ifs)) {
+        refused = lsc_net_forbidden(ctx, all[i], ifs, buf, sizeof(buf));
+        if (refused == NULL) {
             r->addr[r->naddr++] = all[i];
+            continue;
         }
+        if (a.s_addr == 0 && all[i] != 0) {
+            a.s_addr = all[i];
+            first = refused;
+        }
+        inet_ntop(AF_INET, &all[i], ip, sizeof(ip));
+        lsc_log("info", "egress: %s: %s left out (%s)", r->domain, ip,
+                refused);
     }
     if (r->naddr == 0) {
-        a.s_addr = n > 0 ? all[0] : 0;
         inet_ntop(AF_INET, &a, ip, sizeof(ip));
         snprintf(why, len, "egress: %.80s resolves only to addresses no "
-                 "sandbox may reach (%s)", r->domain, ip);
+                 "sandbox may reach (%s: %.90s)", r->domain, ip, first);
         return -1;
     }
     return 0;

@@ -30,6 +30,7 @@ SUBNET = "10.212.0.0/16"       # not the default: a local stack may use it
 REMOTE = "10.254.0.2"          # the granted server
 OTHER = "10.254.0.3"           # same server, an address not granted
 GATEWAY = "10.254.0.1"         # the host's own address on that network
+ALLOW = "10.254.0.0/24"        # --egress-allow: private, allowed here
 ALLOWED, NOT_ALLOWED = 8080, 8081
 
 SERVER = r"""
@@ -219,11 +220,16 @@ class World:
             f.write("# names the controller resolves before the host's\n"
                     "%s allowed.test\n%s other.test\n%s hostself.test\n"
                     "169.254.169.254 metadata.test\n"
+                    "10.99.0.7 lan.test\n192.168.77.7 home.test\n"
+                    "100.64.1.1 cgnat.test\n198.51.100.7 docs.test\n"
+                    "198.18.0.9 bench.test\n255.255.255.255 bcast.test\n"
                     % (REMOTE, OTHER, GATEWAY))
 
     def start(self, **kw):
+        # "the internet" here is a private network the operator allows
         return self.env.start(extra=["--hosts", self.hosts,
-                                     "--egress-subnet", SUBNET], **kw)
+                                     "--egress-subnet", SUBNET,
+                                     "--egress-allow", ALLOW], **kw)
 
     def ping_redis(self, host):
         c = redis.Redis(host=host, port=self.redis_port,
@@ -395,8 +401,19 @@ def test_egress_reaches_exactly_what_was_granted(env, world, level):
 
 @pytest.mark.parametrize("domain, why", [
     ("*.allowed.test", "wildcard"),
-    ("hostself.test", "no sandbox may reach (10.254.0.1)"),
-    ("metadata.test", "no sandbox may reach (169.254.169.254)"),
+    ("hostself.test", "no sandbox may reach (10.254.0.1: this host's own"),
+    ("metadata.test", "no sandbox may reach (169.254.169.254: link-local"),
+    # private and special ranges, unless --egress-allow names them
+    ("lan.test", "(10.99.0.7: private network 10.0.0.0/8, not allowed"),
+    ("home.test", "(192.168.77.7: private network 192.168.0.0/16"),
+    ("cgnat.test", "(100.64.1.1: shared address space (CGNAT)"),
+    ("docs.test", "(198.51.100.7: documentation (TEST-NET-2)"),
+    ("bench.test", "(198.18.0.9: benchmarking 198.18.0.0/15"),
+    ("bcast.test", "(255.255.255.255: reserved (and broadcast)"),
+    # address literals resolve to themselves, in every spelling
+    ("10.99.0.8", "(10.99.0.8: private network"),
+    ("167772161", "(10.0.0.1: private network"),
+    ("0xc0a80001", "(192.168.0.1: private network"),
 ])
 def test_egress_that_cannot_be_granted_fails_with_the_reason(env, world,
                                                               domain, why):
@@ -448,3 +465,13 @@ def test_network_artifacts_go_after_a_crash(env, world):
                             ["allowed.test", NOT_ALLOWED]])
     assert got["connect"][0].startswith("hello")
     assert got["connect"][1].startswith("refused")
+
+
+@pytest.mark.parametrize("bad", ["10.0.0.1", "10.1.0.0/8", "fd00::/8",
+                                 "10.0.0.0/33", "10.0.0.0/", "ten/8"])
+def test_egress_allow_takes_ipv4_networks_only(bad):
+    r = subprocess.run([BIN, "--egress-allow", "10.20.0.0/16",
+                        "--egress-allow", bad], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode != 0
+    assert "--egress-allow" in r.stderr, r.stderr

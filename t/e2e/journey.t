@@ -138,6 +138,23 @@ ok(!$t->websocket("/api/v1/sandboxes/$id/stream?token=$bob"),
    'another user cannot stream');
 is($t->{ws_status}, 404, 'and gets 404');
 
+# streams past llmsafespace_stream_limit (32) are refused before the
+# runner spends a thread on each; the sandbox keeps serving
+
+my @streams = grep { $_ }
+    map { $t->websocket("/api/v1/sandboxes/$id/stream?token=$alice") } 1 .. 32;
+is(scalar @streams, 32, '32 streams open on one sandbox');
+ok(!$t->websocket("/api/v1/sandboxes/$id/stream?token=$alice"),
+   'the 33rd is refused');
+is($t->{ws_status}, 429, '  with status 429 (too_many_streams)');
+$streams[-1]->send($json->encode({ type => 'ping', timestamp => 1 }));
+is($json->decode($streams[-1]->recv(10) // '{}')->{type}, 'pong',
+   'the last stream admitted works');
+($st, $res) = api('POST', "/sandboxes/$id/execute", $alice,
+                  json => { type => 'code', content => 'print(6 * 7)' });
+is($res->{stdout}, "42\n", 'and executions go on');
+$_->close() for @streams;
+
 ###############################################################################
 # files: a large upload and download, streamed through nginx
 

@@ -43,7 +43,9 @@ lss_hex(int c)
 
 /*
  * Returns 0 and a relative path ("." for the workspace itself) or -1 for
- * anything refused: NUL, backslash, "..", bad escapes, too long.  A
+ * anything refused: NUL, backslash, "..", bad escapes, too long, not
+ * UTF-8 (names go into JSON answers, which jansson refuses to build from
+ * an overlong "%C0%AE": that was a 500 after the file was made).  A
  * leading "/" or the workspace prefix both mean the workspace root.
  */
 int
@@ -51,6 +53,7 @@ lss_path_clean(const char *raw, int decode, char *out, size_t outlen)
 {
     int          h, l;
     char        *dec, *p, *comp, *save;
+    json_t      *v;
     size_t       i, o, wlen, clen, rawlen;
     const char  *src;
 
@@ -89,6 +92,14 @@ lss_path_clean(const char *raw, int decode, char *out, size_t outlen)
         free(dec);
         return -1;
     }
+
+    /* jansson's own check, the one every answer goes through */
+    v = json_stringn(dec, o);
+    if (v == NULL) {
+        free(dec);
+        return -1;
+    }
+    json_decref(v);
 
     src = dec;
     wlen = strlen(lss_conf.workspace);

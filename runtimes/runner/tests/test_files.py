@@ -1,6 +1,7 @@
 """The file API: fd-relative, exec-uid identity, no link ever followed."""
 
 import hashlib
+import json
 import os
 import socket
 import threading
@@ -161,6 +162,21 @@ def test_path_traversal(mode_runner):
     with open(secret) as f:
         assert f.read() == "outside"
     os.unlink(secret)
+
+
+def test_paths_not_utf8_are_refused(runner):
+    """Names reach JSON answers: a path that is not UTF-8 once decoded
+    (overlong, surrogate, cut short) is refused, never created."""
+    for path in ("/files/%C0%AE", "/files/a%C0%AFb", "/files/%ED%A0%80",
+                 "/files/a%E2%82", "/files?path=%C0%AE"):
+        for method in ("GET", "PUT", "DELETE"):
+            if path.startswith("/files?") and method != "GET":
+                continue
+            status, body = raw_request(runner, "%s %s HTTP/1.1"
+                                       % (method, path), b"data")
+            assert status == 400, (method, path, status, body)
+            assert json.loads(body)["error"]["code"] == "bad_request"
+    assert os.listdir(runner.workspace) == []
 
 
 def test_planted_symlink_and_hardlink(mode_runner):
