@@ -22,7 +22,7 @@ export TOP BUILD MODULE
 .PHONY: all module runner deps install uninstall test test-unit test-gateway \
         test-gateway-valgrind test-runner test-runtimes test-controller \
         bench run stop admin-key clean controller rootfs-python stack \
-        test-e2e test-sdk
+        test-e2e test-sdk test-security
 
 all: module runner
 
@@ -80,7 +80,7 @@ uninstall:
 	rm -rf /usr/share/llmsafespace
 
 test: deps module test-unit test-gateway test-runner test-runtimes \
-      test-controller test-e2e test-sdk
+      test-controller test-e2e test-sdk test-security
 
 # checks that need no server: seccomp profiles, descriptors, CRDs, bundles
 test-unit:
@@ -111,6 +111,12 @@ test-e2e: $(MODULE) controller rootfs-python
 # the Python SDK against a local stack of its own (sdk/python/tests)
 test-sdk: stack
 	$(MAKE) -C sdk/python test-sdk
+
+# the adversarial matrix of ../shared/design/security.md through the
+# public API, every case under runc and runsc, on a stack of its own; the
+# table case x runtime ends the output (and build/security/matrix.md)
+test-security: stack
+	$(PYTHON) -m pytest -q -p no:cacheprovider t/security
 
 bench: $(MODULE)
 	bench/run.sh

@@ -78,7 +78,9 @@ def stack():
                             % (rc, f.read()[-4000:]))
         with open(os.path.join(run, "admin.key")) as f:
             key = f.read().strip()
-        yield Stack("http://127.0.0.1:%d" % port, key)
+        s = Stack("http://127.0.0.1:%d" % port, key)
+        s.run_dir = run          # its logs (t/security reads them)
+        yield s
     finally:
         subprocess.run([os.path.join(TOP, "tools", "run.sh"), "stop"],
                        env=env, stdout=subprocess.DEVNULL,
