@@ -62,8 +62,9 @@ typedef struct {
 
 static ngx_int_t ngx_http_llmsafespace_hex_decode(u_char *dst, u_char *src,
     size_t len);
+static ngx_uint_t ngx_http_llmsafespace_hex_digit(u_char c);
 static ngx_int_t ngx_http_llmsafespace_parse_key(ngx_http_request_t *r,
-    ngx_str_t *key_id, u_char *hash);
+    ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *key_id, u_char *hash);
 static ngx_int_t ngx_http_llmsafespace_key_find(ngx_str_t *key_id,
     ngx_http_llmsafespace_key_t *key, ngx_uint_t *state, time_t *fetched);
 static void ngx_http_llmsafespace_key_store(ngx_str_t *key_id,
@@ -546,14 +547,18 @@ ngx_http_llmsafespace_authenticate(ngx_http_request_t *r,
 
     lmcf = ngx_http_get_module_main_conf(r, ngx_http_llmsafespace_module);
 
-    rc = ngx_http_llmsafespace_parse_key(r, &key_id, hash);
+    rc = ngx_http_llmsafespace_parse_key(r, ctx, &key_id, hash);
 
     if (rc != NGX_OK) {
         return ngx_http_llmsafespace_auth_fail(r, ctx, NGX_HTTP_UNAUTHORIZED,
                    "unauthorized",
                    rc == NGX_DECLINED ? "missing API key: send "
                                         "\"Authorization: Bearer <key>\""
-                                      : "invalid API key");
+                   : rc == NGX_DONE ? "an API key in the query is taken "
+                                      "only by the WebSocket upgrade of "
+                                      "/sandboxes/{id}/stream: send "
+                                      "\"Authorization: Bearer <key>\""
+                   : "invalid API key");
     }
 
     if (lmcf->file_keys) {
@@ -611,17 +616,70 @@ ngx_http_llmsafespace_authenticate(ngx_http_request_t *r,
 
 
 /*
- * Finds the key in "Authorization: Bearer", or in "?token=" of a WebSocket
- * upgrade (browsers cannot set headers there).  NGX_DECLINED: no key at
- * all; NGX_ERROR: not a well-formed key.
+ * The one definition of the query argument that carries an API key: an
+ * argument whose name, with %XX decoded, is "token" in any case.  The
+ * lookup (ctx->query_key, taken by the post-read handler), the redaction
+ * of all that nginx logs and the stripping of the runner's URL all use
+ * it, so no spelling can be accepted as a key and yet escape the other
+ * two.  "arg" is where an argument starts (after '?' or '&'); the name
+ * ends at '=', '&', ' ' or "last".  Returns the length of the name and
+ * its '=', or 0 for another argument.
+ */
+
+size_t
+ngx_http_llmsafespace_token_arg(u_char *arg, u_char *last)
+{
+    u_char      c, hi, lo, *p;
+    ngx_uint_t  i;
+
+    static u_char  name[] = "token";
+
+    p = arg;
+
+    for (i = 0; p < last && *p != '=' && *p != '&' && *p != ' '; i++) {
+        c = *p++;
+
+        if (c == '%' && last - p >= 2) {
+            hi = ngx_http_llmsafespace_hex_digit(p[0]);
+            lo = ngx_http_llmsafespace_hex_digit(p[1]);
+
+            if (hi != 0xff && lo != 0xff) {
+                c = (u_char) (hi << 4 | lo);
+                p += 2;
+            }
+        }
+
+        if (i == sizeof(name) - 1 || ngx_tolower(c) != name[i]) {
+            return 0;
+        }
+    }
+
+    if (i != sizeof(name) - 1) {
+        return 0;
+    }
+
+    if (p < last && *p == '=') {
+        p++;
+    }
+
+    return p - arg;
+}
+
+
+/*
+ * Finds the key in "Authorization: Bearer", or in the query argument of
+ * an upgrade to a WebSocket on the stream route (browsers cannot set
+ * headers there; no other route takes a key in the query).  NGX_DECLINED:
+ * no key at all; NGX_DONE: a key in the query where none is taken;
+ * NGX_ERROR: not a well-formed key.
  */
 
 static ngx_int_t
-ngx_http_llmsafespace_parse_key(ngx_http_request_t *r, ngx_str_t *key_id,
-    u_char *hash)
+ngx_http_llmsafespace_parse_key(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *key_id, u_char *hash)
 {
     u_char     *p;
-    ngx_str_t   key, token;
+    ngx_str_t   key;
     ngx_uint_t  i;
 
     key.len = 0;
@@ -644,13 +702,18 @@ ngx_http_llmsafespace_parse_key(ngx_http_request_t *r, ngx_str_t *key_id,
             key.len--;
         }
 
-    } else if (r->headers_in.upgrade
-               && r->headers_in.upgrade->value.len == 9
-               && ngx_strncasecmp(r->headers_in.upgrade->value.data,
-                                  (u_char *) "websocket", 9) == 0
-               && ngx_http_arg(r, (u_char *) "token", 5, &token) == NGX_OK)
-    {
-        key = token;
+    } else if (ctx->query_key.data) {
+
+        if (!ctx->stream
+            || r->headers_in.upgrade == NULL
+            || r->headers_in.upgrade->value.len != 9
+            || ngx_strncasecmp(r->headers_in.upgrade->value.data,
+                               (u_char *) "websocket", 9) != 0)
+        {
+            return NGX_DONE;
+        }
+
+        key = ctx->query_key;
     }
 
     if (key.len == 0) {
@@ -1396,4 +1459,23 @@ ngx_http_llmsafespace_hex_decode(u_char *dst, u_char *src, size_t len)
     }
 
     return NGX_OK;
+}
+
+
+/* a hex digit of a %XX escape, either case; 0xff for anything else */
+
+static ngx_uint_t
+ngx_http_llmsafespace_hex_digit(u_char c)
+{
+    if (c >= '0' && c <= '9') {
+        return c - '0';
+    }
+
+    c = (u_char) (c | 0x20);
+
+    if (c >= 'a' && c <= 'f') {
+        return c - 'a' + 10;
+    }
+
+    return 0xff;
 }

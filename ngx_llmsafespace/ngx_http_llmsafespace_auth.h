@@ -37,6 +37,12 @@ void ngx_http_llmsafespace_auth_exit_process(ngx_cycle_t *cycle);
 ngx_int_t ngx_http_llmsafespace_authenticate(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx);
 
+/*
+ * The length of the name and '=' of the query argument at "arg" when it is
+ * the one that carries an API key ("token", any case, %XX decoded), else 0.
+ */
+size_t ngx_http_llmsafespace_token_arg(u_char *arg, u_char *last);
+
 /* a new random key, its id and the hex hash to store */
 ngx_int_t ngx_http_llmsafespace_key_generate(
     ngx_http_llmsafespace_new_key_t *key);

@@ -39,6 +39,8 @@ static char *ngx_http_llmsafespace_handler_directive(ngx_conf_t *cf,
 
 static ngx_int_t ngx_http_llmsafespace_post_read_handler(
     ngx_http_request_t *r);
+static ngx_int_t ngx_http_llmsafespace_redact(ngx_http_request_t *r,
+    ngx_str_t *s, ngx_uint_t query, ngx_uint_t n, ngx_str_t *key);
 static ngx_int_t ngx_http_llmsafespace_access_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_llmsafespace_log_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_llmsafespace_refuse(ngx_http_request_t *r,
@@ -271,9 +273,6 @@ static ngx_http_variable_t  ngx_http_llmsafespace_vars[] = {
 
       ngx_http_null_variable
 };
-
-
-static ngx_str_t  ngx_http_llmsafespace_token_arg = ngx_string("token=");
 
 
 static ngx_int_t
@@ -787,61 +786,135 @@ ngx_http_llmsafespace_wake(ngx_http_request_t *r)
 
 
 /*
- * Keys arrive in "?token=" only on WebSocket upgrades, but whatever the
- * route, the request line nginx logs (error and access logs alike) must
- * never hold one: replace it with a redacted copy before anything logs it.
+ * A key in the query (ngx_http_llmsafespace_token_arg() says which
+ * argument that is) is taken here, before anything logs the request, and
+ * then redacted from the request line ($request, the error log's
+ * "request:"), the raw URI ($request_uri) and the arguments ($args,
+ * $arg_*, and what proxy_pass sends on): whatever the route, and whether
+ * or not the key is accepted there, only ctx->query_key holds it.
  */
 
 static ngx_int_t
 ngx_http_llmsafespace_post_read_handler(ngx_http_request_t *r)
 {
-    u_char     *p, *last, *dst, *line;
-    ngx_str_t  *arg;
+    u_char                       *p, *last;
+    ngx_uint_t                    n;
+    ngx_http_llmsafespace_ctx_t  *ctx;
 
     if (r->args.len == 0 || r != r->main) {
         return NGX_DECLINED;
     }
 
-    arg = &ngx_http_llmsafespace_token_arg;
+    p = r->args.data;
+    last = p + r->args.len;
+    n = 0;
 
-    p = r->request_line.data;
-    last = p + r->request_line.len;
+    for ( ;; ) {
+        if (ngx_http_llmsafespace_token_arg(p, last)) {
+            n++;
+        }
 
-    if (ngx_strnstr(p, (char *) arg->data, r->request_line.len) == NULL) {
+        p = ngx_strlchr(p, last, '&');
+        if (p == NULL) {
+            break;
+        }
+
+        p++;
+    }
+
+    if (n == 0) {
         return NGX_DECLINED;
     }
 
-    line = ngx_pnalloc(r->pool, r->request_line.len);
-    if (line == NULL) {
+    ctx = ngx_http_llmsafespace_get_ctx(r);
+    if (ctx == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    dst = line;
+    if (ngx_http_llmsafespace_redact(r, &r->args, 0, n, &ctx->query_key)
+        != NGX_OK
+        || ngx_http_llmsafespace_redact(r, &r->request_line, 1, n, NULL)
+           != NGX_OK
+        || ngx_http_llmsafespace_redact(r, &r->unparsed_uri, 1, n, NULL)
+           != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return NGX_DECLINED;
+}
+
+
+/*
+ * Replaces s with a copy in which the value of each of the n key
+ * arguments reads "REDACTED".  The arguments start after the first '?'
+ * (query) or at once; a value ends at '&' or ' ' (the request line goes
+ * on with " HTTP/1.1").  The first value found, as it was, goes to *key.
+ */
+
+static ngx_int_t
+ngx_http_llmsafespace_redact(ngx_http_request_t *r, ngx_str_t *s,
+    ngx_uint_t query, ngx_uint_t n, ngx_str_t *key)
+{
+    u_char  *p, *last, *start, *value, *copy, *dst;
+    size_t   len;
+
+    p = s->data;
+    last = p + s->len;
+
+    if (query) {
+        p = ngx_strlchr(p, last, '?');
+        if (p == NULL) {
+            return NGX_OK;
+        }
+
+        p++;
+    }
+
+    start = p;
+
+    copy = ngx_pnalloc(r->pool, s->len + n * (sizeof("REDACTED") - 1));
+    if (copy == NULL) {
+        return NGX_ERROR;
+    }
+
+    dst = ngx_cpymem(copy, s->data, p - s->data);
 
     while (p < last) {
-        if ((size_t) (last - p) > arg->len
-            && p > r->request_line.data
-            && (p[-1] == '?' || p[-1] == '&')
-            && ngx_strncmp(p, arg->data, arg->len) == 0)
-        {
-            dst = ngx_cpymem(dst, arg->data, arg->len);
-            dst = ngx_cpymem(dst, "REDACTED", 8);
-            p += arg->len;
 
-            while (p < last && *p != '&' && *p != ' ' && *p != '#') {
-                p++;
+        if (p == start || p[-1] == '&') {
+            len = ngx_http_llmsafespace_token_arg(p, last);
+
+            if (len) {
+                dst = ngx_cpymem(dst, p, len);
+                p += len;
+                value = p;
+
+                while (p < last && *p != '&' && *p != ' ') {
+                    p++;
+                }
+
+                if (p > value) {
+                    if (key && key->data == NULL) {
+                        key->data = value;
+                        key->len = p - value;
+                    }
+
+                    dst = ngx_cpymem(dst, "REDACTED",
+                                     sizeof("REDACTED") - 1);
+                }
+
+                continue;
             }
-
-            continue;
         }
 
         *dst++ = *p++;
     }
 
-    r->request_line.data = line;
-    r->request_line.len = dst - line;
+    s->data = copy;
+    s->len = dst - copy;
 
-    return NGX_DECLINED;
+    return NGX_OK;
 }
 
 

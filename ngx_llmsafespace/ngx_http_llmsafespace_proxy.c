@@ -17,6 +17,7 @@
 
 #include "ngx_http_llmsafespace.h"
 #include "ngx_http_llmsafespace_api.h"
+#include "ngx_http_llmsafespace_auth.h"
 
 
 #define NGX_HTTP_LLMSAFESPACE_SANDBOXES   "/api/v1/sandboxes/"
@@ -206,8 +207,9 @@ ngx_http_llmsafespace_proxy(ngx_http_request_t *r,
 
 /*
  * The runner's path: the tail of the decoded URI escaped again (the runner
- * decodes it itself), and the arguments without the API key of "?token=":
- * nothing that authenticates a user ever reaches a sandbox.
+ * decodes it itself), and the arguments without the one that carries an
+ * API key (already redacted, any spelling): nothing that authenticates a
+ * user ever reaches a sandbox.
  */
 
 static ngx_int_t
@@ -245,10 +247,7 @@ ngx_http_llmsafespace_proxy_path(ngx_http_request_t *r, ngx_str_t *tail,
             end = last;
         }
 
-        if (end > arg
-            && !((end - arg == 5 && ngx_strncmp(arg, "token", 5) == 0)
-                 || (end - arg >= 6 && ngx_strncmp(arg, "token=", 6) == 0)))
-        {
+        if (end > arg && ngx_http_llmsafespace_token_arg(arg, end) == 0) {
             *p++ = first ? '?' : '&';
             p = ngx_cpymem(p, arg, end - arg);
             first = 0;

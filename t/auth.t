@@ -109,13 +109,14 @@ is_error(api('GET', '/users', $alice->{key}), 403, 'forbidden',
 is_error(api('POST', '/users', $alice->{key}, json => { name => 'x' }),
     403, 'forbidden', 'user creating users');
 
-# a key is accepted in ?token= only on a WebSocket upgrade
+# a key is accepted in ?token= only on the stream route's WebSocket
+# upgrade (t/query_key.t)
 
 is_error(api('GET', "/user?token=$alice->{key}"), 401, 'unauthorized',
     'token in the query without an upgrade');
-$r = api('GET', "/user?token=$alice->{key}",
-    undef, headers => { Upgrade => 'websocket', Connection => 'Upgrade' });
-is($r->{status}, 200, 'token in the query of an upgrade');
+is_error(api('GET', "/user?token=$alice->{key}", undef,
+        headers => { Upgrade => 'websocket', Connection => 'Upgrade' }),
+    401, 'unauthorized', 'token in the query of an upgrade, not the stream');
 is_error(api('GET', "/user?token=$alice->{key}", undef,
         headers => { Upgrade => 'h2c', Connection => 'Upgrade' }),
     401, 'unauthorized', 'token in the query of a non-WebSocket upgrade');
