@@ -1227,6 +1227,7 @@ ngx_http_llmsafespace_key_revoked(ngx_str_t *key_id)
     size_t       argvlen[8];
 
     ngx_http_llmsafespace_key_forget(key_id);
+    ngx_http_llmsafespace_inflight_revoked(key_id);
 
     if (ngx_http_llmsafespace_auth_conf == NULL
         || ngx_http_llmsafespace_auth_conf->redis.addr == NULL)
@@ -1377,8 +1378,9 @@ ngx_http_llmsafespace_revoke_read(void *data, redisReply *reply,
 
 
 /*
- * Forgets every key id named in stream entries and remembers the newest
- * entry's id as where reading goes on.  The entries are Redis' replies:
+ * Forgets every key id named in stream entries, ends this worker's
+ * requests to runners made with them, and remembers the newest entry's id
+ * as where reading goes on.  The entries are Redis' replies:
  * checked for shape, their lengths never trusted.
  */
 
@@ -1426,6 +1428,7 @@ ngx_http_llmsafespace_revoke_apply(redisReply *entries,
             key_id.len = fields->element[j + 1]->len;
 
             ngx_http_llmsafespace_key_forget(&key_id);
+            ngx_http_llmsafespace_inflight_revoked(&key_id);
         }
     }
 }

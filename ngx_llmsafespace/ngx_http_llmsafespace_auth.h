@@ -50,5 +50,15 @@ ngx_int_t ngx_http_llmsafespace_key_generate(
 /* drops a key from every worker's view, here and on other gateways */
 void ngx_http_llmsafespace_key_revoked(ngx_str_t *key_id);
 
+/*
+ * Requests to a runner (streams, executions, transfers), listed by key id
+ * in each worker (ngx_http_llmsafespace_inflight.c): a revoked key's are
+ * ended, here and in every worker that reads the revocation.
+ */
+ngx_int_t ngx_http_llmsafespace_inflight_add(ngx_http_request_t *r,
+    ngx_str_t *key_id);
+void ngx_http_llmsafespace_inflight_revoked(ngx_str_t *key_id);
+void ngx_http_llmsafespace_inflight_exit_process(ngx_cycle_t *cycle);
+
 
 #endif /* _NGX_HTTP_LLMSAFESPACE_AUTH_H_INCLUDED_ */

@@ -656,6 +656,7 @@ ngx_http_llmsafespace_exit_process(ngx_cycle_t *cycle)
 {
     ngx_http_llmsafespace_metrics_exit_process(cycle);
     ngx_http_llmsafespace_auth_exit_process(cycle);
+    ngx_http_llmsafespace_inflight_exit_process(cycle);
     ngx_http_llmsafespace_audit_exit_process(cycle);
     ngx_http_llmsafespace_pg_exit_process(cycle);
     ngx_http_llmsafespace_redis_exit_process(cycle);

@@ -392,6 +392,13 @@ ngx_http_llmsafespace_proxy_route(ngx_http_request_t *r,
 
     ctx->sandbox_id = px->id;
 
+    /* it lasts while its key does */
+    if (ngx_http_llmsafespace_inflight_add(r, &ctx->identity.key_id)
+        != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
     llcf = ngx_http_get_module_loc_conf(r, ngx_http_llmsafespace_module);
 
     return ngx_http_named_location(r, &llcf->runner_location);
