@@ -90,6 +90,7 @@ typedef struct {
     ngx_array_t                    *file_keys;    /* ngx_..._key_t */
 
     ngx_shm_zone_t                 *key_cache;
+    ngx_uint_t                      keys_per_user; /* active, 0: any */
     time_t                          key_ttl;      /* re-check after */
     time_t                          key_stale;    /* serve stale while PG
                                                      is down, at most */

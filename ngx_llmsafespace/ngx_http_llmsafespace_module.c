@@ -64,6 +64,10 @@ static ngx_conf_num_bounds_t  ngx_http_llmsafespace_audit_bounds = {
     ngx_conf_check_num_bounds, 1, 10000000
 };
 
+static ngx_conf_num_bounds_t  ngx_http_llmsafespace_keys_bounds = {
+    ngx_conf_check_num_bounds, 0, 100000
+};
+
 
 static ngx_command_t  ngx_http_llmsafespace_commands[] = {
 
@@ -94,6 +98,13 @@ static ngx_command_t  ngx_http_llmsafespace_commands[] = {
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
       NULL },
+
+    { ngx_string("llmsafespace_keys_per_user"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_llmsafespace_main_conf_t, keys_per_user),
+      &ngx_http_llmsafespace_keys_bounds },
 
     { ngx_string("llmsafespace_limit_zone"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
@@ -361,6 +372,7 @@ ngx_http_llmsafespace_create_main_conf(ngx_conf_t *cf)
 
     lmcf->key_ttl = NGX_CONF_UNSET;
     lmcf->key_stale = NGX_CONF_UNSET;
+    lmcf->keys_per_user = NGX_CONF_UNSET_UINT;
     lmcf->limit_redis_down = NGX_CONF_UNSET_UINT;
     lmcf->audit_buffer = NGX_CONF_UNSET_UINT;
 
@@ -382,6 +394,7 @@ ngx_http_llmsafespace_init_main_conf(ngx_conf_t *cf, void *conf)
 
     ngx_conf_init_value(lmcf->key_ttl, 60);
     ngx_conf_init_value(lmcf->key_stale, 600);
+    ngx_conf_init_uint_value(lmcf->keys_per_user, 20);
     ngx_conf_init_uint_value(lmcf->limit_redis_down,
                              NGX_HTTP_LLMSAFESPACE_LIMIT_REDIS_LOCAL);
     ngx_conf_init_uint_value(lmcf->audit_buffer, 10000);
