@@ -94,6 +94,8 @@ static void ngx_http_llmsafespace_revoke_read(void *data, redisReply *reply,
     ngx_int_t rc);
 static void ngx_http_llmsafespace_ignore_reply(void *data,
     redisReply *reply, ngx_int_t rc);
+static void ngx_http_llmsafespace_recheck_done(void *data, PGresult *res,
+    ngx_int_t rc);
 
 
 static ngx_shm_zone_t                     *ngx_http_llmsafespace_cache_zone;
@@ -109,6 +111,11 @@ static ngx_str_t  ngx_http_llmsafespace_default_zone =
 static const char  ngx_http_llmsafespace_lookup_sql[] =
     "SELECT k.secret_hash, k.revoked_at IS NOT NULL, u.id, u.name, u.role, "
     "u.deleted_at IS NOT NULL "
+    "FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.id = $1";
+
+/* whether a key in use may go on: no row, or revoked, says no */
+static const char  ngx_http_llmsafespace_recheck_sql[] =
+    "SELECT k.revoked_at IS NULL AND u.deleted_at IS NULL "
     "FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.id = $1";
 
 static const char  ngx_http_llmsafespace_touch_sql[] =
@@ -1217,6 +1224,88 @@ ngx_http_llmsafespace_key_generate(ngx_http_llmsafespace_new_key_t *key)
     ngx_explicit_memzero(random, sizeof(random));
 
     return NGX_OK;
+}
+
+
+/*
+ * A key that requests in flight still use is checked again, as a new
+ * request would be once its cache entry is older than "ttl": a key revoked
+ * where no announcement reaches (in the database directly, or while Redis
+ * was down) ends its requests too, within a ttl.  A fresh cache entry
+ * answers; else PostgreSQL.  Keys of a keys file are never revoked.
+ */
+
+void
+ngx_http_llmsafespace_key_recheck(ngx_str_t *key_id)
+{
+    u_char                        *id;
+    time_t                         fetched;
+    ngx_uint_t                     state;
+    const char                    *values[1];
+    ngx_http_llmsafespace_key_t    found;
+
+    if (ngx_http_llmsafespace_auth_conf == NULL
+        || ngx_http_llmsafespace_auth_conf->pg.conninfo.len == 0
+        || key_id->len != NGX_HTTP_LLMSAFESPACE_KEY_ID_LEN)
+    {
+        return;
+    }
+
+    if (ngx_http_llmsafespace_key_find(key_id, &found, &state, &fetched)
+        == NGX_OK
+        && ngx_time() - fetched < ngx_http_llmsafespace_auth_conf->key_ttl)
+    {
+        if (state != NGX_HTTP_LLMSAFESPACE_KEY_OK) {
+            ngx_http_llmsafespace_inflight_revoked(key_id);
+        }
+
+        return;
+    }
+
+    /* outlives any request: freed by the callback, called exactly once */
+
+    id = ngx_alloc(NGX_HTTP_LLMSAFESPACE_KEY_ID_LEN + 1, ngx_cycle->log);
+    if (id == NULL) {
+        return;
+    }
+
+    *ngx_cpymem(id, key_id->data, NGX_HTTP_LLMSAFESPACE_KEY_ID_LEN) = '\0';
+    values[0] = (const char *) id;
+
+    if (ngx_http_llmsafespace_pg_query(ngx_http_llmsafespace_recheck_sql, 1,
+                                       values,
+                                       ngx_http_llmsafespace_recheck_done,
+                                       id)
+        == NULL)
+    {
+        /* PostgreSQL cannot say now: the next round asks again */
+        ngx_free(id);
+    }
+}
+
+
+static void
+ngx_http_llmsafespace_recheck_done(void *data, PGresult *res, ngx_int_t rc)
+{
+    u_char  *id = data;
+
+    ngx_str_t  key_id;
+
+    if (rc == NGX_OK && PQresultStatus(res) == PGRES_TUPLES_OK
+        && (PQntuples(res) == 0 || PQgetvalue(res, 0, 0)[0] != 't'))
+    {
+        key_id.data = id;
+        key_id.len = NGX_HTTP_LLMSAFESPACE_KEY_ID_LEN;
+
+        ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                      "llmsafespace: API key %V in use was revoked",
+                      &key_id);
+
+        ngx_http_llmsafespace_key_forget(&key_id);
+        ngx_http_llmsafespace_inflight_revoked(&key_id);
+    }
+
+    ngx_free(id);
 }
 
 

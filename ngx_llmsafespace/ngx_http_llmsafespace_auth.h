@@ -50,6 +50,9 @@ ngx_int_t ngx_http_llmsafespace_key_generate(
 /* drops a key from every worker's view, here and on other gateways */
 void ngx_http_llmsafespace_key_revoked(ngx_str_t *key_id);
 
+/* a key still in use: its requests in flight end if it was revoked */
+void ngx_http_llmsafespace_key_recheck(ngx_str_t *key_id);
+
 /*
  * Requests to a runner (streams, executions, transfers), listed by key id
  * in each worker (ngx_http_llmsafespace_inflight.c): a revoked key's are

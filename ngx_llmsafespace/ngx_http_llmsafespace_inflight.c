@@ -10,6 +10,10 @@
  * worker ends the requests of that key: a revoked key stops working for
  * what is already open too, not only for what comes next.
  *
+ * Revocations nobody announces (made in the database directly, or while
+ * Redis was down) are caught by checking each key in use again every key
+ * cache "ttl", as a new request would be.
+ *
  * A WebSocket is past HTTP: it cannot get an error answer, and a close
  * frame cannot be slipped between the runner's frames without parsing
  * them, so the connection is closed; a client that comes back with the
@@ -29,24 +33,29 @@ typedef struct {
     ngx_queue_t                     queue;
     ngx_http_request_t             *request;
     u_char                          key_id[NGX_HTTP_LLMSAFESPACE_KEY_ID_LEN];
+    ngx_uint_t                      round;        /* last rechecked in */
     unsigned                        revoked:1;
 } ngx_http_llmsafespace_inflight_t;
 
 
 static void ngx_http_llmsafespace_inflight_cleanup(void *data);
 static void ngx_http_llmsafespace_inflight_end(ngx_event_t *ev);
+static void ngx_http_llmsafespace_inflight_recheck(ngx_event_t *ev);
 
 
 /* per worker */
 static ngx_queue_t  ngx_http_llmsafespace_inflight;
 static ngx_event_t  ngx_http_llmsafespace_inflight_ev;
+static ngx_event_t  ngx_http_llmsafespace_recheck_ev;
+static ngx_uint_t   ngx_http_llmsafespace_round;
 
 
 ngx_int_t
 ngx_http_llmsafespace_inflight_add(ngx_http_request_t *r, ngx_str_t *key_id)
 {
-    ngx_pool_cleanup_t                *cln;
-    ngx_http_llmsafespace_inflight_t  *in;
+    ngx_pool_cleanup_t                 *cln;
+    ngx_http_llmsafespace_inflight_t   *in;
+    ngx_http_llmsafespace_main_conf_t  *lmcf;
 
     if (key_id->len != NGX_HTTP_LLMSAFESPACE_KEY_ID_LEN) {
         return NGX_OK;
@@ -65,13 +74,81 @@ ngx_http_llmsafespace_inflight_add(ngx_http_request_t *r, ngx_str_t *key_id)
     in = cln->data;
     in->request = r;
     in->revoked = 0;
+    in->round = ngx_http_llmsafespace_round;
     ngx_memcpy(in->key_id, key_id->data, NGX_HTTP_LLMSAFESPACE_KEY_ID_LEN);
 
     ngx_queue_insert_tail(&ngx_http_llmsafespace_inflight, &in->queue);
 
     cln->handler = ngx_http_llmsafespace_inflight_cleanup;
 
+    if (!ngx_http_llmsafespace_recheck_ev.timer_set) {
+        lmcf = ngx_http_get_module_main_conf(r, ngx_http_llmsafespace_module);
+
+        ngx_http_llmsafespace_recheck_ev.handler =
+                                    ngx_http_llmsafespace_inflight_recheck;
+        ngx_http_llmsafespace_recheck_ev.log = ngx_cycle->log;
+        ngx_http_llmsafespace_recheck_ev.data = lmcf;
+        ngx_http_llmsafespace_recheck_ev.cancelable = 1;
+
+        ngx_add_timer(&ngx_http_llmsafespace_recheck_ev,
+                      (ngx_msec_t) lmcf->key_ttl * 1000);
+    }
+
     return NGX_OK;
+}
+
+
+/* each key in use once per round; runs while some request is listed */
+
+static void
+ngx_http_llmsafespace_inflight_recheck(ngx_event_t *ev)
+{
+    ngx_str_t                           key_id;
+    ngx_queue_t                        *q, *k;
+    ngx_http_llmsafespace_inflight_t   *in, *other;
+    ngx_http_llmsafespace_main_conf_t  *lmcf;
+
+    lmcf = ev->data;
+
+    if (ngx_queue_empty(&ngx_http_llmsafespace_inflight)) {
+        return;
+    }
+
+    ngx_http_llmsafespace_round++;
+
+    for (q = ngx_queue_head(&ngx_http_llmsafespace_inflight);
+         q != ngx_queue_sentinel(&ngx_http_llmsafespace_inflight);
+         q = ngx_queue_next(q))
+    {
+        in = ngx_queue_data(q, ngx_http_llmsafespace_inflight_t, queue);
+
+        if (in->round == ngx_http_llmsafespace_round) {
+            continue;
+        }
+
+        for (k = q;
+             k != ngx_queue_sentinel(&ngx_http_llmsafespace_inflight);
+             k = ngx_queue_next(k))
+        {
+            other = ngx_queue_data(k, ngx_http_llmsafespace_inflight_t,
+                                   queue);
+
+            if (ngx_memcmp(other->key_id, in->key_id,
+                           NGX_HTTP_LLMSAFESPACE_KEY_ID_LEN)
+                == 0)
+            {
+                other->round = ngx_http_llmsafespace_round;
+            }
+        }
+
+        key_id.data = in->key_id;
+        key_id.len = NGX_HTTP_LLMSAFESPACE_KEY_ID_LEN;
+
+        /* may only mark entries: ending them is a posted event's */
+        ngx_http_llmsafespace_key_recheck(&key_id);
+    }
+
+    ngx_add_timer(ev, (ngx_msec_t) lmcf->key_ttl * 1000);
 }
 
 
@@ -179,5 +256,9 @@ ngx_http_llmsafespace_inflight_exit_process(ngx_cycle_t *cycle)
 {
     if (ngx_http_llmsafespace_inflight_ev.posted) {
         ngx_delete_posted_event(&ngx_http_llmsafespace_inflight_ev);
+    }
+
+    if (ngx_http_llmsafespace_recheck_ev.timer_set) {
+        ngx_del_timer(&ngx_http_llmsafespace_recheck_ev);
     }
 }

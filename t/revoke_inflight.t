@@ -3,8 +3,9 @@
 # Revocation reaches what is already open: WebSocket streams and requests
 # in flight to a runner made with a key end when the key is revoked, in
 # every worker (streams held by both workers of the gateway), whether the
-# key is revoked through this gateway's API, by deleting its user, or on
-# another gateway (announced in Redis).  Other keys' streams go on.
+# key is revoked through this gateway's API, by deleting its user, on
+# another gateway (announced in Redis), or in the database alone (found by
+# checking keys in use every key cache ttl).  Other keys' streams go on.
 
 use warnings;
 use strict;
@@ -89,9 +90,13 @@ sub sandbox {
 }
 
 # PostgreSQL reached by both workers (slow under valgrind)
-ok($t->wait_for(sub {
-    !grep { $t->get('/api/v1/user', key => $admin->{key})->{status} != 200 }
-        1 .. 4 }, 30), 'the gateway answers');
+sub ready {
+    ok($t->wait_for(sub {
+        !grep { $t->get('/api/v1/user', key => $admin->{key})->{status}
+                != 200 } 1 .. 4 }, 30), 'the gateway answers');
+}
+
+ready();
 
 my $sb_alice = sandbox($alice_id);
 my $sb_bob = sandbox($bob_id);
@@ -221,5 +226,31 @@ ok(all_closed(\@sb, 5), 'his streams closed');
 
 $_->close() for grep { !$_->closed } @$s1, @$s3, @s2, @sb;
 close $exec;
+
+###############################################################################
+# revoked where nobody announces it (in the database, Redis unaware): the
+# keys in use are checked again every key cache ttl (1 s here)
+
+$t->stop();
+$t->run($t->read_file('nginx.conf') =~ s/ttl=60s/ttl=1s/r);
+ready();
+
+my $carol_id = $t->create_user(name => 'carol');
+my $k4 = $t->create_key($alice_id);
+my $kc = $t->create_key($carol_id);
+my $sb_carol = sandbox($carol_id);
+
+my ($s4, $w4) = streams_on_both_workers($sb_alice, $k4);
+is($w4, 2, 'streams of a fourth key on both workers');
+my @sc = map { open_stream($sb_carol, $kc) } 1 .. 2;
+is(scalar(grep { defined } @sc), 2, 'and of another user');
+
+$t->revoke_key($k4);
+
+ok(all_closed($s4, 8), 'closed within a few ttls of a revocation in the '
+    . 'database alone');
+ok(still_open(\@sc), 'a valid key\'s streams go on through the checks');
+
+$_->close() for grep { !$_->closed } @$s4, @sc;
 
 $t->finish();
