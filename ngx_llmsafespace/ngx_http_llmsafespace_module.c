@@ -40,7 +40,7 @@ static char *ngx_http_llmsafespace_handler_directive(ngx_conf_t *cf,
 static ngx_int_t ngx_http_llmsafespace_post_read_handler(
     ngx_http_request_t *r);
 static ngx_int_t ngx_http_llmsafespace_redact(ngx_http_request_t *r,
-    ngx_str_t *s, ngx_uint_t query, ngx_uint_t n, ngx_str_t *key);
+    ngx_str_t *s, ngx_uint_t query, ngx_str_t *key);
 static ngx_int_t ngx_http_llmsafespace_access_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_llmsafespace_log_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_llmsafespace_refuse(ngx_http_request_t *r,
@@ -811,48 +811,41 @@ ngx_http_llmsafespace_wake(ngx_http_request_t *r)
 static ngx_int_t
 ngx_http_llmsafespace_post_read_handler(ngx_http_request_t *r)
 {
-    u_char                       *p, *last;
-    ngx_uint_t                    n;
+    ngx_str_t                     key;
     ngx_http_llmsafespace_ctx_t  *ctx;
 
-    if (r->args.len == 0 || r != r->main) {
+    if (r != r->main
+        || ngx_strlchr(r->request_line.data,
+                       r->request_line.data + r->request_line.len, '?')
+           == NULL)
+    {
         return NGX_DECLINED;
     }
 
-    p = r->args.data;
-    last = p + r->args.len;
-    n = 0;
+    /*
+     * Each string is redacted on its own: nginx's arguments are not always
+     * all that follows the line's first '?' (one after a '#' is not an
+     * argument to nginx, and so no key, but still logged).
+     */
 
-    for ( ;; ) {
-        if (ngx_http_llmsafespace_token_arg(p, last)) {
-            n++;
-        }
+    ngx_str_null(&key);
 
-        p = ngx_strlchr(p, last, '&');
-        if (p == NULL) {
-            break;
-        }
-
-        p++;
-    }
-
-    if (n == 0) {
-        return NGX_DECLINED;
-    }
-
-    ctx = ngx_http_llmsafespace_get_ctx(r);
-    if (ctx == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    if (ngx_http_llmsafespace_redact(r, &r->args, 0, n, &ctx->query_key)
-        != NGX_OK
-        || ngx_http_llmsafespace_redact(r, &r->request_line, 1, n, NULL)
-           != NGX_OK
-        || ngx_http_llmsafespace_redact(r, &r->unparsed_uri, 1, n, NULL)
-           != NGX_OK)
+    if (ngx_http_llmsafespace_redact(r, &r->args, 0, &key) == NGX_ERROR
+        || ngx_http_llmsafespace_redact(r, &r->request_line, 1, NULL)
+           == NGX_ERROR
+        || ngx_http_llmsafespace_redact(r, &r->unparsed_uri, 1, NULL)
+           == NGX_ERROR)
     {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (key.data) {
+        ctx = ngx_http_llmsafespace_get_ctx(r);
+        if (ctx == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        ctx->query_key = key;
     }
 
     return NGX_DECLINED;
@@ -860,18 +853,20 @@ ngx_http_llmsafespace_post_read_handler(ngx_http_request_t *r)
 
 
 /*
- * Replaces s with a copy in which the value of each of the n key
- * arguments reads "REDACTED".  The arguments start after the first '?'
- * (query) or at once; a value ends at '&' or ' ' (the request line goes
- * on with " HTTP/1.1").  The first value found, as it was, goes to *key.
+ * Replaces s with a copy in which the value of each key argument reads
+ * "REDACTED".  The arguments start after the first '?' (query) or at
+ * once; a value ends at '&' or ' ' (the request line goes on with
+ * " HTTP/1.1").  The first value found, as it was, goes to *key.
+ * NGX_DECLINED: s holds no key argument, and is left as it is.
  */
 
 static ngx_int_t
 ngx_http_llmsafespace_redact(ngx_http_request_t *r, ngx_str_t *s,
-    ngx_uint_t query, ngx_uint_t n, ngx_str_t *key)
+    ngx_uint_t query, ngx_str_t *key)
 {
-    u_char  *p, *last, *start, *value, *copy, *dst;
-    size_t   len;
+    u_char      *p, *last, *start, *value, *copy, *dst;
+    size_t       len;
+    ngx_uint_t   n;
 
     p = s->data;
     last = p + s->len;
@@ -879,19 +874,33 @@ ngx_http_llmsafespace_redact(ngx_http_request_t *r, ngx_str_t *s,
     if (query) {
         p = ngx_strlchr(p, last, '?');
         if (p == NULL) {
-            return NGX_OK;
+            return NGX_DECLINED;
         }
 
         p++;
     }
 
     start = p;
+    n = 0;
+
+    for ( /* void */ ; p < last; p++) {
+        if ((p == start || p[-1] == '&')
+            && ngx_http_llmsafespace_token_arg(p, last))
+        {
+            n++;
+        }
+    }
+
+    if (n == 0) {
+        return NGX_DECLINED;
+    }
 
     copy = ngx_pnalloc(r->pool, s->len + n * (sizeof("REDACTED") - 1));
     if (copy == NULL) {
         return NGX_ERROR;
     }
 
+    p = start;
     dst = ngx_cpymem(copy, s->data, p - s->data);
 
     while (p < last) {

@@ -113,6 +113,11 @@ is($r->{status}, 401, 'nor on execute, a runner route');
 $r = $t->get("/api/v1/sandboxes/$id/stream?token=$alice->{key}");
 is($r->{status}, 401, 'nor on the stream route without a WebSocket upgrade');
 
+# after a '#', not an argument to nginx: no key taken, none logged either
+my $raw = $t->http("GET /api/v1/user#x?TOKEN=$alice->{key} HTTP/1.1\r\n"
+    . "Host: x\r\nUpgrade: websocket\r\nConnection: close\r\n\r\n");
+like($raw, qr!^HTTP/1.1 401!, 'a key after a fragment is not taken');
+
 # the header still works everywhere, and wins over a query key
 $r = $t->get("/api/v1/user?TOKEN=$admin->{key}", key => $alice->{key});
 is($r->{json}{keyId}, $alice->{id}, 'the Authorization header decides');
@@ -155,5 +160,7 @@ for my $k ($alice, $admin) {
 }
 like($all, qr/\?a=1&TOKEN=REDACTED&b=2 HTTP/, 'the request line redacted');
 like($all, qr/"a=1&TOK%45N=REDACTED&b=2"/, 'the arguments too');
+like($all, qr!"GET /api/v1/user#x\?TOKEN=REDACTED HTTP/1.1"!,
+    'a key after a fragment redacted as well');
 
 $t->finish();
