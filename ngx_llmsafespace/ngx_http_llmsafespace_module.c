@@ -803,9 +803,10 @@ ngx_http_llmsafespace_wake(ngx_http_request_t *r)
  * A key in the query (ngx_http_llmsafespace_token_arg() says which
  * argument that is) is taken here, before anything logs the request, and
  * then redacted from the request line ($request, the error log's
- * "request:"), the raw URI ($request_uri) and the arguments ($args,
- * $arg_*, and what proxy_pass sends on): whatever the route, and whether
- * or not the key is accepted there, only ctx->query_key holds it.
+ * "request:"), the raw URI ($request_uri), the arguments ($args, $arg_*,
+ * and what proxy_pass sends on) and a Referer pointing at such a URL:
+ * whatever the route, and whether or not the key is accepted there, only
+ * ctx->query_key holds it.
  */
 
 static ngx_int_t
@@ -814,10 +815,23 @@ ngx_http_llmsafespace_post_read_handler(ngx_http_request_t *r)
     ngx_str_t                     key;
     ngx_http_llmsafespace_ctx_t  *ctx;
 
-    if (r != r->main
-        || ngx_strlchr(r->request_line.data,
-                       r->request_line.data + r->request_line.len, '?')
-           == NULL)
+    if (r != r->main) {
+        return NGX_DECLINED;
+    }
+
+    /* "referrer:" of the error log, $http_referer: may be a URL of ours */
+
+    if (r->headers_in.referer
+        && ngx_http_llmsafespace_redact(r, &r->headers_in.referer->value, 1,
+                                        NULL)
+           == NGX_ERROR)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (ngx_strlchr(r->request_line.data,
+                    r->request_line.data + r->request_line.len, '?')
+        == NULL)
     {
         return NGX_DECLINED;
     }

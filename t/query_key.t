@@ -56,7 +56,8 @@ http {
 
     # every variable that could show the query string
     log_format all '"\$llmsafespace_request" "\$request" "\$request_uri" '
-                   '"\$args" "\$query_string" "\$arg_token" \$status';
+                   '"\$args" "\$query_string" "\$arg_token" \$status '
+                   '"\$http_referer"';
 
     llmsafespace_redis %%REDIS%%;
     llmsafespace_postgres "%%PG%%";
@@ -117,6 +118,11 @@ is($r->{status}, 401, 'nor on the stream route without a WebSocket upgrade');
 my $raw = $t->http("GET /api/v1/user#x?TOKEN=$alice->{key} HTTP/1.1\r\n"
     . "Host: x\r\nUpgrade: websocket\r\nConnection: close\r\n\r\n");
 like($raw, qr!^HTTP/1.1 401!, 'a key after a fragment is not taken');
+
+# a Referer naming a URL with a key (a page of a browser client)
+$r = $t->get('/api/v1/nosuch', key => $alice->{key}, headers => {
+    Referer => "http://app/api/v1/sandboxes/$id/stream?Token=$admin->{key}" });
+is($r->{status}, 404, 'a request with such a Referer');
 
 # the header still works everywhere, and wins over a query key
 $r = $t->get("/api/v1/user?TOKEN=$admin->{key}", key => $alice->{key});
