@@ -235,6 +235,18 @@ ngx_http_llmsafespace_inflight_end(ngx_event_t *ev)
         in->revoked = 0;
         c = in->request->connection;
 
+#if (NGX_HTTP_V2)
+        if (in->request->stream) {
+            /* a stream shares its socket with others: not hung up on */
+            ngx_log_error(NGX_LOG_WARN, c->log, 0,
+                          "llmsafespace: API key %*s revoked, but its "
+                          "HTTP/2 request to a runner is left to finish",
+                          (size_t) NGX_HTTP_LLMSAFESPACE_KEY_ID_LEN,
+                          in->key_id);
+            continue;
+        }
+#endif
+
         ngx_log_error(NGX_LOG_INFO, c->log, 0,
                       "llmsafespace: API key %*s revoked, closing its "
                       "request to a runner",
