@@ -23,7 +23,9 @@ my $conf = <<'EOF';
 events { }
 http {
     %%TEST_GLOBALS_HTTP%%
-    llmsafespace_postgres "%%PG%%" connections=4;
+    # creates of one user queue on its lock in PostgreSQL: generous
+    # timeout for valgrind's pace
+    llmsafespace_postgres "%%PG%%" connections=4 timeout=10s;
     llmsafespace_key_cache zone=keys:1m;
     CAP
     server {

@@ -32,7 +32,9 @@ events { }
 http {
     %%TEST_GLOBALS_HTTP%%
     llmsafespace_redis %%REDIS%%;
-    llmsafespace_postgres "%%PG%%" connections=4;
+    # creates of one user queue on its lock in PostgreSQL: generous
+    # timeout for valgrind's pace
+    llmsafespace_postgres "%%PG%%" connections=4 timeout=10s;
     llmsafespace_key_cache zone=keys:1m;
     ${\ $t->sandbox_conf(quota => $quota) }
     server {
