@@ -36,6 +36,9 @@
 #define NGX_HTTP_LLMSAFESPACE_REVOKED_STREAM  "lss:keys:revoked"
 #define NGX_HTTP_LLMSAFESPACE_REVOKE_POLL     1000
 
+/* the revocations noted in the shared zone for this gateway's workers */
+#define NGX_HTTP_LLMSAFESPACE_REVOKED_RING    256
+
 
 typedef struct {
     u_char                          color;
@@ -51,6 +54,9 @@ typedef struct {
     ngx_rbtree_t                    rbtree;
     ngx_rbtree_node_t               sentinel;
     ngx_queue_t                     queue;
+    ngx_uint_t                      revoked_seq;  /* noted, ever */
+    u_char                          revoked[NGX_HTTP_LLMSAFESPACE_REVOKED_RING]
+                                       [NGX_HTTP_LLMSAFESPACE_KEY_ID_LEN];
 } ngx_http_llmsafespace_cache_sh_t;
 
 
@@ -96,6 +102,7 @@ static void ngx_http_llmsafespace_ignore_reply(void *data,
     redisReply *reply, ngx_int_t rc);
 static void ngx_http_llmsafespace_recheck_done(void *data, PGresult *res,
     ngx_int_t rc);
+static void ngx_http_llmsafespace_revoked_note(ngx_str_t *key_id);
 
 
 static ngx_shm_zone_t                     *ngx_http_llmsafespace_cache_zone;
@@ -103,6 +110,7 @@ static ngx_http_llmsafespace_main_conf_t  *ngx_http_llmsafespace_auth_conf;
 static ngx_event_t                         ngx_http_llmsafespace_revoke_ev;
 static ngx_http_llmsafespace_redis_cmd_t  *ngx_http_llmsafespace_revoke_cmd;
 static u_char   ngx_http_llmsafespace_revoke_last[NGX_INT64_LEN + 24];
+static ngx_uint_t  ngx_http_llmsafespace_revoked_seen;
 
 static ngx_str_t  ngx_http_llmsafespace_default_zone =
     ngx_string("llmsafespace_keys");
@@ -471,6 +479,8 @@ ngx_http_llmsafespace_cache_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 
     cache->shpool->data = cache->sh;
 
+    cache->sh->revoked_seq = 0;
+
     ngx_rbtree_init(&cache->sh->rbtree, &cache->sh->sentinel,
                     ngx_rbtree_insert_value);
 
@@ -496,8 +506,20 @@ ngx_int_t
 ngx_http_llmsafespace_auth_init_process(ngx_cycle_t *cycle,
     ngx_http_llmsafespace_main_conf_t *lmcf)
 {
+    ngx_http_llmsafespace_cache_t  *cache;
+
     ngx_http_llmsafespace_auth_conf = lmcf;
     ngx_http_llmsafespace_cache_zone = lmcf->key_cache;
+
+    /* revocations noted before this worker started end nothing of it */
+
+    if (lmcf->key_cache) {
+        cache = lmcf->key_cache->data;
+
+        ngx_shmtx_lock(&cache->shpool->mutex);
+        ngx_http_llmsafespace_revoked_seen = cache->sh->revoked_seq;
+        ngx_shmtx_unlock(&cache->shpool->mutex);
+    }
 
     if (lmcf->redis.addr == NULL || lmcf->key_cache == NULL) {
         return NGX_OK;
@@ -1302,10 +1324,109 @@ ngx_http_llmsafespace_recheck_done(void *data, PGresult *res, ngx_int_t rc)
                       &key_id);
 
         ngx_http_llmsafespace_key_forget(&key_id);
+        ngx_http_llmsafespace_revoked_note(&key_id);
         ngx_http_llmsafespace_inflight_revoked(&key_id);
     }
 
     ngx_free(id);
+}
+
+
+/*
+ * Revocations are also noted in the key cache zone, which every worker of
+ * this gateway shares, the old ones still finishing their requests after
+ * a reload included: those read Redis and query PostgreSQL no more, and
+ * learn here what to end (ngx_http_llmsafespace_inflight.c reads it every
+ * second).  An id among the last ones noted is not noted again, so the
+ * workers that each read the same Redis entry take one slot.
+ */
+
+static void
+ngx_http_llmsafespace_revoked_note(ngx_str_t *key_id)
+{
+    ngx_uint_t                      i, n;
+    ngx_http_llmsafespace_cache_t  *cache;
+
+    if (ngx_http_llmsafespace_cache_zone == NULL
+        || key_id->len != NGX_HTTP_LLMSAFESPACE_KEY_ID_LEN)
+    {
+        return;
+    }
+
+    cache = ngx_http_llmsafespace_cache_zone->data;
+
+    ngx_shmtx_lock(&cache->shpool->mutex);
+
+    n = ngx_min(cache->sh->revoked_seq, NGX_HTTP_LLMSAFESPACE_REVOKED_RING);
+
+    for (i = 1; i <= n; i++) {
+        if (ngx_memcmp(cache->sh->revoked[(cache->sh->revoked_seq - i)
+                                          % NGX_HTTP_LLMSAFESPACE_REVOKED_RING],
+                       key_id->data, NGX_HTTP_LLMSAFESPACE_KEY_ID_LEN)
+            == 0)
+        {
+            ngx_shmtx_unlock(&cache->shpool->mutex);
+            return;
+        }
+    }
+
+    ngx_memcpy(cache->sh->revoked[cache->sh->revoked_seq
+                                  % NGX_HTTP_LLMSAFESPACE_REVOKED_RING],
+               key_id->data, NGX_HTTP_LLMSAFESPACE_KEY_ID_LEN);
+    cache->sh->revoked_seq++;
+
+    ngx_shmtx_unlock(&cache->shpool->mutex);
+}
+
+
+/* ends this worker's requests of the keys noted since it last looked */
+
+void
+ngx_http_llmsafespace_key_revocations(void)
+{
+    ngx_str_t                       key_id;
+    ngx_uint_t                      i, n, from, seq;
+    ngx_http_llmsafespace_cache_t  *cache;
+    u_char                          ids[NGX_HTTP_LLMSAFESPACE_REVOKED_RING]
+                                       [NGX_HTTP_LLMSAFESPACE_KEY_ID_LEN];
+
+    if (ngx_http_llmsafespace_cache_zone == NULL) {
+        return;
+    }
+
+    cache = ngx_http_llmsafespace_cache_zone->data;
+
+    ngx_shmtx_lock(&cache->shpool->mutex);
+
+    seq = cache->sh->revoked_seq;
+    from = ngx_http_llmsafespace_revoked_seen;
+
+    if (seq - from > NGX_HTTP_LLMSAFESPACE_REVOKED_RING) {
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "llmsafespace: %ui revocations in a second, the "
+                      "oldest not seen by this worker", seq - from);
+
+        from = seq - NGX_HTTP_LLMSAFESPACE_REVOKED_RING;
+    }
+
+    n = seq - from;
+
+    for (i = 0; i < n; i++) {
+        ngx_memcpy(ids[i], cache->sh->revoked[(from + i)
+                                          % NGX_HTTP_LLMSAFESPACE_REVOKED_RING],
+                   NGX_HTTP_LLMSAFESPACE_KEY_ID_LEN);
+    }
+
+    ngx_shmtx_unlock(&cache->shpool->mutex);
+
+    ngx_http_llmsafespace_revoked_seen = seq;
+
+    for (i = 0; i < n; i++) {
+        key_id.data = ids[i];
+        key_id.len = NGX_HTTP_LLMSAFESPACE_KEY_ID_LEN;
+
+        ngx_http_llmsafespace_inflight_revoked(&key_id);
+    }
 }
 
 
@@ -1316,6 +1437,7 @@ ngx_http_llmsafespace_key_revoked(ngx_str_t *key_id)
     size_t       argvlen[8];
 
     ngx_http_llmsafespace_key_forget(key_id);
+    ngx_http_llmsafespace_revoked_note(key_id);
     ngx_http_llmsafespace_inflight_revoked(key_id);
 
     if (ngx_http_llmsafespace_auth_conf == NULL
@@ -1517,6 +1639,7 @@ ngx_http_llmsafespace_revoke_apply(redisReply *entries,
             key_id.len = fields->element[j + 1]->len;
 
             ngx_http_llmsafespace_key_forget(&key_id);
+            ngx_http_llmsafespace_revoked_note(&key_id);
             ngx_http_llmsafespace_inflight_revoked(&key_id);
         }
     }

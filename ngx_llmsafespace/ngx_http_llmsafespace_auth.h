@@ -53,6 +53,9 @@ void ngx_http_llmsafespace_key_revoked(ngx_str_t *key_id);
 /* a key still in use: its requests in flight end if it was revoked */
 void ngx_http_llmsafespace_key_recheck(ngx_str_t *key_id);
 
+/* ends what this worker holds of keys revoked by any worker since */
+void ngx_http_llmsafespace_key_revocations(void);
+
 /*
  * Requests to a runner (streams, executions, transfers), listed by key id
  * in each worker (ngx_http_llmsafespace_inflight.c): a revoked key's are

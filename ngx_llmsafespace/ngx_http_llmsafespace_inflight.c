@@ -10,9 +10,12 @@
  * worker ends the requests of that key: a revoked key stops working for
  * what is already open too, not only for what comes next.
  *
- * Revocations nobody announces (made in the database directly, or while
- * Redis was down) are caught by checking each key in use again every key
- * cache "ttl", as a new request would be.
+ * Every second the worker also reads the revocations noted in the shared
+ * key cache zone by any worker of this gateway: that is how a worker
+ * finishing its requests after a reload, which reads Redis no more, still
+ * learns of them.  Revocations nobody announces (made in the database
+ * directly, or while Redis was down) are caught by checking each key in
+ * use again every key cache "ttl", as a new request would be.
  *
  * A WebSocket is past HTTP: it cannot get an error answer, and a close
  * frame cannot be slipped between the runner's frames without parsing
@@ -41,12 +44,14 @@ typedef struct {
 static void ngx_http_llmsafespace_inflight_cleanup(void *data);
 static void ngx_http_llmsafespace_inflight_end(ngx_event_t *ev);
 static void ngx_http_llmsafespace_inflight_recheck(ngx_event_t *ev);
+static void ngx_http_llmsafespace_inflight_read(ngx_event_t *ev);
 
 
 /* per worker */
 static ngx_queue_t  ngx_http_llmsafespace_inflight;
 static ngx_event_t  ngx_http_llmsafespace_inflight_ev;
 static ngx_event_t  ngx_http_llmsafespace_recheck_ev;
+static ngx_event_t  ngx_http_llmsafespace_read_ev;
 static ngx_uint_t   ngx_http_llmsafespace_round;
 
 
@@ -94,7 +99,31 @@ ngx_http_llmsafespace_inflight_add(ngx_http_request_t *r, ngx_str_t *key_id)
                       (ngx_msec_t) lmcf->key_ttl * 1000);
     }
 
+    if (!ngx_http_llmsafespace_read_ev.timer_set) {
+        ngx_http_llmsafespace_read_ev.handler =
+                                    ngx_http_llmsafespace_inflight_read;
+        ngx_http_llmsafespace_read_ev.log = ngx_cycle->log;
+        ngx_http_llmsafespace_read_ev.cancelable = 1;
+
+        ngx_add_timer(&ngx_http_llmsafespace_read_ev, 1000);
+    }
+
     return NGX_OK;
+}
+
+
+/* the revocations noted by every worker, each second while any is listed */
+
+static void
+ngx_http_llmsafespace_inflight_read(ngx_event_t *ev)
+{
+    if (ngx_queue_empty(&ngx_http_llmsafespace_inflight)) {
+        return;
+    }
+
+    ngx_http_llmsafespace_key_revocations();
+
+    ngx_add_timer(ev, 1000);
 }
 
 
@@ -272,5 +301,9 @@ ngx_http_llmsafespace_inflight_exit_process(ngx_cycle_t *cycle)
 
     if (ngx_http_llmsafespace_recheck_ev.timer_set) {
         ngx_del_timer(&ngx_http_llmsafespace_recheck_ev);
+    }
+
+    if (ngx_http_llmsafespace_read_ev.timer_set) {
+        ngx_del_timer(&ngx_http_llmsafespace_read_ev);
     }
 }

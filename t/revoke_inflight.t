@@ -4,8 +4,9 @@
 # in flight to a runner made with a key end when the key is revoked, in
 # every worker (streams held by both workers of the gateway), whether the
 # key is revoked through this gateway's API, by deleting its user, on
-# another gateway (announced in Redis), or in the database alone (found by
-# checking keys in use every key cache ttl).  Other keys' streams go on.
+# another gateway (announced in Redis), after a reload (the old workers
+# still holding streams), or in the database alone (found by checking keys
+# in use every key cache ttl).  Other keys' streams go on.
 
 use warnings;
 use strict;
@@ -226,6 +227,28 @@ ok(all_closed(\@sb, 5), 'his streams closed');
 
 $_->close() for grep { !$_->closed } @$s1, @$s3, @s2, @sb;
 close $exec;
+
+###############################################################################
+# after a reload: the old workers, finishing their streams, read Redis no
+# more; they learn of a revocation made by a new one from the shared zone
+
+my $k5 = $t->create_key($alice_id);
+my ($s5, $w5) = streams_on_both_workers($sb_alice, $k5);
+is($w5, 2, 'streams of a fifth key on both workers');
+
+my %old = map { $_ => 1 } $t->worker_pids();
+$t->reload();
+ok($t->wait_for(sub { grep({ !$old{$_} } $t->worker_pids()) >= 2 }, 10),
+    'reloaded: new workers');
+ready();
+ok(!grep({ !$old{worker_of($_)} } @$s5), 'the streams stay with the old ones');
+
+$r = $t->request('DELETE', "/api/v1/user/apikeys/$k5->{id}",
+    key => $admin->{key});
+is($r->{status}, 200, 'the fifth key revoked through a new worker');
+ok(all_closed($s5, 5), 'the old workers closed its streams');
+ok($t->wait_for(sub { !grep { $old{$_} } $t->worker_pids() }, 10),
+    'and exited');
 
 ###############################################################################
 # revoked where nobody announces it (in the database, Redis unaware): the
