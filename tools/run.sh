@@ -256,7 +256,7 @@ fi
 sed -e "s#@RUN@#$RUN#g" -e "s#@PORT@#$PORT#g" -e "s#@MODULE@#$MODULE#g" \
     -e "s#@USER@#$LSS_USER#g" -e "s#@TOP@#$TOP#g" \
     "${LSS_CONF_IN:-$TOP/conf/local.conf.in}" > "$RUN/nginx/nginx.conf"
-nginx -q -t -p "$RUN/nginx" -c "$RUN/nginx/nginx.conf"
+(umask 077; nginx -q -t -p "$RUN/nginx" -c "$RUN/nginx/nginx.conf")
 if pid=$(pid_of "$RUN/nginx/nginx.pid") \
         && grep -q "ngx_http_llmsafespace_module.so (deleted)" "/proc/$pid/maps"
 then
