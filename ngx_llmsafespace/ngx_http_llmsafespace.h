@@ -93,6 +93,7 @@ typedef struct {
     ngx_array_t                    *file_keys;    /* ngx_..._key_t */
 
     ngx_shm_zone_t                 *key_cache;
+    ngx_uint_t                      keys_per_user; /* active, 0: any */
     time_t                          key_ttl;      /* re-check after */
     time_t                          key_stale;    /* serve stale while PG
                                                      is down, at most */
@@ -160,6 +161,7 @@ struct ngx_http_llmsafespace_ctx_s {
     unsigned                        limit_done:1;
     unsigned                        waiting:1;
     unsigned                        json_error:1;  /* filter replaces body */
+    unsigned                        stream:1;      /* GET .../stream */
 
     ngx_uint_t                      route_class;
     ngx_http_llmsafespace_identity_t identity;
@@ -173,6 +175,7 @@ struct ngx_http_llmsafespace_ctx_s {
     unsigned                        have_stale:1;
     u_char                          key_id[NGX_HTTP_LLMSAFESPACE_KEY_ID_LEN
                                            + 1];
+    ngx_str_t                       query_key;    /* ?token=, unredacted */
 
     /* result of the rate limiter */
     ngx_int_t                       limit_rc;

@@ -536,6 +536,11 @@ ngx_http_llmsafespace_api_classify(ngx_http_request_t *r,
         ctx->sandbox_id = segments[1];
     }
 
+    /* the one route that may take its key in the query */
+    ctx->stream = (n == 3 && r->method == NGX_HTTP_GET
+                   && segments[2].len == 6
+                   && ngx_strncmp(segments[2].data, "stream", 6) == 0);
+
     if (n >= 3
         && ((segments[2].len == 7
              && ngx_strncmp(segments[2].data, "execute", 7) == 0)

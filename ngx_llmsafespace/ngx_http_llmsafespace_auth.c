@@ -36,6 +36,9 @@
 #define NGX_HTTP_LLMSAFESPACE_REVOKED_STREAM  "lss:keys:revoked"
 #define NGX_HTTP_LLMSAFESPACE_REVOKE_POLL     1000
 
+/* the revocations noted in the shared zone for this gateway's workers */
+#define NGX_HTTP_LLMSAFESPACE_REVOKED_RING    256
+
 
 typedef struct {
     u_char                          color;
@@ -51,6 +54,9 @@ typedef struct {
     ngx_rbtree_t                    rbtree;
     ngx_rbtree_node_t               sentinel;
     ngx_queue_t                     queue;
+    ngx_uint_t                      revoked_seq;  /* noted, ever */
+    u_char                          revoked[NGX_HTTP_LLMSAFESPACE_REVOKED_RING]
+                                       [NGX_HTTP_LLMSAFESPACE_KEY_ID_LEN];
 } ngx_http_llmsafespace_cache_sh_t;
 
 
@@ -62,8 +68,9 @@ typedef struct {
 
 static ngx_int_t ngx_http_llmsafespace_hex_decode(u_char *dst, u_char *src,
     size_t len);
+static ngx_uint_t ngx_http_llmsafespace_hex_digit(u_char c);
 static ngx_int_t ngx_http_llmsafespace_parse_key(ngx_http_request_t *r,
-    ngx_str_t *key_id, u_char *hash);
+    ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *key_id, u_char *hash);
 static ngx_int_t ngx_http_llmsafespace_key_find(ngx_str_t *key_id,
     ngx_http_llmsafespace_key_t *key, ngx_uint_t *state, time_t *fetched);
 static void ngx_http_llmsafespace_key_store(ngx_str_t *key_id,
@@ -93,6 +100,9 @@ static void ngx_http_llmsafespace_revoke_read(void *data, redisReply *reply,
     ngx_int_t rc);
 static void ngx_http_llmsafespace_ignore_reply(void *data,
     redisReply *reply, ngx_int_t rc);
+static void ngx_http_llmsafespace_recheck_done(void *data, PGresult *res,
+    ngx_int_t rc);
+static void ngx_http_llmsafespace_revoked_note(ngx_str_t *key_id);
 
 
 static ngx_shm_zone_t                     *ngx_http_llmsafespace_cache_zone;
@@ -100,6 +110,7 @@ static ngx_http_llmsafespace_main_conf_t  *ngx_http_llmsafespace_auth_conf;
 static ngx_event_t                         ngx_http_llmsafespace_revoke_ev;
 static ngx_http_llmsafespace_redis_cmd_t  *ngx_http_llmsafespace_revoke_cmd;
 static u_char   ngx_http_llmsafespace_revoke_last[NGX_INT64_LEN + 24];
+static ngx_uint_t  ngx_http_llmsafespace_revoked_seen;
 
 static ngx_str_t  ngx_http_llmsafespace_default_zone =
     ngx_string("llmsafespace_keys");
@@ -108,6 +119,11 @@ static ngx_str_t  ngx_http_llmsafespace_default_zone =
 static const char  ngx_http_llmsafespace_lookup_sql[] =
     "SELECT k.secret_hash, k.revoked_at IS NOT NULL, u.id, u.name, u.role, "
     "u.deleted_at IS NOT NULL "
+    "FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.id = $1";
+
+/* whether a key in use may go on: no row, or revoked, says no */
+static const char  ngx_http_llmsafespace_recheck_sql[] =
+    "SELECT k.revoked_at IS NULL AND u.deleted_at IS NULL "
     "FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.id = $1";
 
 static const char  ngx_http_llmsafespace_touch_sql[] =
@@ -463,6 +479,8 @@ ngx_http_llmsafespace_cache_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 
     cache->shpool->data = cache->sh;
 
+    cache->sh->revoked_seq = 0;
+
     ngx_rbtree_init(&cache->sh->rbtree, &cache->sh->sentinel,
                     ngx_rbtree_insert_value);
 
@@ -488,8 +506,20 @@ ngx_int_t
 ngx_http_llmsafespace_auth_init_process(ngx_cycle_t *cycle,
     ngx_http_llmsafespace_main_conf_t *lmcf)
 {
+    ngx_http_llmsafespace_cache_t  *cache;
+
     ngx_http_llmsafespace_auth_conf = lmcf;
     ngx_http_llmsafespace_cache_zone = lmcf->key_cache;
+
+    /* revocations noted before this worker started end nothing of it */
+
+    if (lmcf->key_cache) {
+        cache = lmcf->key_cache->data;
+
+        ngx_shmtx_lock(&cache->shpool->mutex);
+        ngx_http_llmsafespace_revoked_seen = cache->sh->revoked_seq;
+        ngx_shmtx_unlock(&cache->shpool->mutex);
+    }
 
     if (lmcf->redis.addr == NULL || lmcf->key_cache == NULL) {
         return NGX_OK;
@@ -546,14 +576,18 @@ ngx_http_llmsafespace_authenticate(ngx_http_request_t *r,
 
     lmcf = ngx_http_get_module_main_conf(r, ngx_http_llmsafespace_module);
 
-    rc = ngx_http_llmsafespace_parse_key(r, &key_id, hash);
+    rc = ngx_http_llmsafespace_parse_key(r, ctx, &key_id, hash);
 
     if (rc != NGX_OK) {
         return ngx_http_llmsafespace_auth_fail(r, ctx, NGX_HTTP_UNAUTHORIZED,
                    "unauthorized",
                    rc == NGX_DECLINED ? "missing API key: send "
                                         "\"Authorization: Bearer <key>\""
-                                      : "invalid API key");
+                   : rc == NGX_DONE ? "an API key in the query is taken "
+                                      "only by the WebSocket upgrade of "
+                                      "/sandboxes/{id}/stream: send "
+                                      "\"Authorization: Bearer <key>\""
+                   : "invalid API key");
     }
 
     if (lmcf->file_keys) {
@@ -611,17 +645,70 @@ ngx_http_llmsafespace_authenticate(ngx_http_request_t *r,
 
 
 /*
- * Finds the key in "Authorization: Bearer", or in "?token=" of a WebSocket
- * upgrade (browsers cannot set headers there).  NGX_DECLINED: no key at
- * all; NGX_ERROR: not a well-formed key.
+ * The one definition of the query argument that carries an API key: an
+ * argument whose name, with %XX decoded, is "token" in any case.  The
+ * lookup (ctx->query_key, taken by the post-read handler), the redaction
+ * of all that nginx logs and the stripping of the runner's URL all use
+ * it, so no spelling can be accepted as a key and yet escape the other
+ * two.  "arg" is where an argument starts (after '?' or '&'); the name
+ * ends at '=', '&', ' ' or "last".  Returns the length of the name and
+ * its '=', or 0 for another argument.
+ */
+
+size_t
+ngx_http_llmsafespace_token_arg(u_char *arg, u_char *last)
+{
+    u_char      c, hi, lo, *p;
+    ngx_uint_t  i;
+
+    static u_char  name[] = "token";
+
+    p = arg;
+
+    for (i = 0; p < last && *p != '=' && *p != '&' && *p != ' '; i++) {
+        c = *p++;
+
+        if (c == '%' && last - p >= 2) {
+            hi = ngx_http_llmsafespace_hex_digit(p[0]);
+            lo = ngx_http_llmsafespace_hex_digit(p[1]);
+
+            if (hi != 0xff && lo != 0xff) {
+                c = (u_char) (hi << 4 | lo);
+                p += 2;
+            }
+        }
+
+        if (i == sizeof(name) - 1 || ngx_tolower(c) != name[i]) {
+            return 0;
+        }
+    }
+
+    if (i != sizeof(name) - 1) {
+        return 0;
+    }
+
+    if (p < last && *p == '=') {
+        p++;
+    }
+
+    return p - arg;
+}
+
+
+/*
+ * Finds the key in "Authorization: Bearer", or in the query argument of
+ * an upgrade to a WebSocket on the stream route (browsers cannot set
+ * headers there; no other route takes a key in the query).  NGX_DECLINED:
+ * no key at all; NGX_DONE: a key in the query where none is taken;
+ * NGX_ERROR: not a well-formed key.
  */
 
 static ngx_int_t
-ngx_http_llmsafespace_parse_key(ngx_http_request_t *r, ngx_str_t *key_id,
-    u_char *hash)
+ngx_http_llmsafespace_parse_key(ngx_http_request_t *r,
+    ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *key_id, u_char *hash)
 {
     u_char     *p;
-    ngx_str_t   key, token;
+    ngx_str_t   key;
     ngx_uint_t  i;
 
     key.len = 0;
@@ -644,13 +731,18 @@ ngx_http_llmsafespace_parse_key(ngx_http_request_t *r, ngx_str_t *key_id,
             key.len--;
         }
 
-    } else if (r->headers_in.upgrade
-               && r->headers_in.upgrade->value.len == 9
-               && ngx_strncasecmp(r->headers_in.upgrade->value.data,
-                                  (u_char *) "websocket", 9) == 0
-               && ngx_http_arg(r, (u_char *) "token", 5, &token) == NGX_OK)
-    {
-        key = token;
+    } else if (ctx->query_key.data) {
+
+        if (!ctx->stream
+            || r->headers_in.upgrade == NULL
+            || r->headers_in.upgrade->value.len != 9
+            || ngx_strncasecmp(r->headers_in.upgrade->value.data,
+                               (u_char *) "websocket", 9) != 0)
+        {
+            return NGX_DONE;
+        }
+
+        key = ctx->query_key;
     }
 
     if (key.len == 0) {
@@ -1157,6 +1249,187 @@ ngx_http_llmsafespace_key_generate(ngx_http_llmsafespace_new_key_t *key)
 }
 
 
+/*
+ * A key that requests in flight still use is checked again, as a new
+ * request would be once its cache entry is older than "ttl": a key revoked
+ * where no announcement reaches (in the database directly, or while Redis
+ * was down) ends its requests too, within a ttl.  A fresh cache entry
+ * answers; else PostgreSQL.  Keys of a keys file are never revoked.
+ */
+
+void
+ngx_http_llmsafespace_key_recheck(ngx_str_t *key_id)
+{
+    u_char                        *id;
+    time_t                         fetched;
+    ngx_uint_t                     state;
+    const char                    *values[1];
+    ngx_http_llmsafespace_key_t    found;
+
+    if (ngx_http_llmsafespace_auth_conf == NULL
+        || ngx_http_llmsafespace_auth_conf->pg.conninfo.len == 0
+        || key_id->len != NGX_HTTP_LLMSAFESPACE_KEY_ID_LEN)
+    {
+        return;
+    }
+
+    if (ngx_http_llmsafespace_key_find(key_id, &found, &state, &fetched)
+        == NGX_OK
+        && ngx_time() - fetched < ngx_http_llmsafespace_auth_conf->key_ttl)
+    {
+        if (state != NGX_HTTP_LLMSAFESPACE_KEY_OK) {
+            ngx_http_llmsafespace_inflight_revoked(key_id);
+        }
+
+        return;
+    }
+
+    /* outlives any request: freed by the callback, called exactly once */
+
+    id = ngx_alloc(NGX_HTTP_LLMSAFESPACE_KEY_ID_LEN + 1, ngx_cycle->log);
+    if (id == NULL) {
+        return;
+    }
+
+    *ngx_cpymem(id, key_id->data, NGX_HTTP_LLMSAFESPACE_KEY_ID_LEN) = '\0';
+    values[0] = (const char *) id;
+
+    if (ngx_http_llmsafespace_pg_query(ngx_http_llmsafespace_recheck_sql, 1,
+                                       values,
+                                       ngx_http_llmsafespace_recheck_done,
+                                       id)
+        == NULL)
+    {
+        /* PostgreSQL cannot say now: the next round asks again */
+        ngx_free(id);
+    }
+}
+
+
+static void
+ngx_http_llmsafespace_recheck_done(void *data, PGresult *res, ngx_int_t rc)
+{
+    u_char  *id = data;
+
+    ngx_str_t  key_id;
+
+    if (rc == NGX_OK && PQresultStatus(res) == PGRES_TUPLES_OK
+        && (PQntuples(res) == 0 || PQgetvalue(res, 0, 0)[0] != 't'))
+    {
+        key_id.data = id;
+        key_id.len = NGX_HTTP_LLMSAFESPACE_KEY_ID_LEN;
+
+        ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                      "llmsafespace: API key %V in use was revoked",
+                      &key_id);
+
+        ngx_http_llmsafespace_key_forget(&key_id);
+        ngx_http_llmsafespace_revoked_note(&key_id);
+        ngx_http_llmsafespace_inflight_revoked(&key_id);
+    }
+
+    ngx_free(id);
+}
+
+
+/*
+ * Revocations are also noted in the key cache zone, which every worker of
+ * this gateway shares, the old ones still finishing their requests after
+ * a reload included: those read Redis and query PostgreSQL no more, and
+ * learn here what to end (ngx_http_llmsafespace_inflight.c reads it every
+ * second).  An id among the last ones noted is not noted again, so the
+ * workers that each read the same Redis entry take one slot.
+ */
+
+static void
+ngx_http_llmsafespace_revoked_note(ngx_str_t *key_id)
+{
+    ngx_uint_t                      i, n;
+    ngx_http_llmsafespace_cache_t  *cache;
+
+    if (ngx_http_llmsafespace_cache_zone == NULL
+        || key_id->len != NGX_HTTP_LLMSAFESPACE_KEY_ID_LEN)
+    {
+        return;
+    }
+
+    cache = ngx_http_llmsafespace_cache_zone->data;
+
+    ngx_shmtx_lock(&cache->shpool->mutex);
+
+    n = ngx_min(cache->sh->revoked_seq, NGX_HTTP_LLMSAFESPACE_REVOKED_RING);
+
+    for (i = 1; i <= n; i++) {
+        if (ngx_memcmp(cache->sh->revoked[(cache->sh->revoked_seq - i)
+                                          % NGX_HTTP_LLMSAFESPACE_REVOKED_RING],
+                       key_id->data, NGX_HTTP_LLMSAFESPACE_KEY_ID_LEN)
+            == 0)
+        {
+            ngx_shmtx_unlock(&cache->shpool->mutex);
+            return;
+        }
+    }
+
+    ngx_memcpy(cache->sh->revoked[cache->sh->revoked_seq
+                                  % NGX_HTTP_LLMSAFESPACE_REVOKED_RING],
+               key_id->data, NGX_HTTP_LLMSAFESPACE_KEY_ID_LEN);
+    cache->sh->revoked_seq++;
+
+    ngx_shmtx_unlock(&cache->shpool->mutex);
+}
+
+
+/* ends this worker's requests of the keys noted since it last looked */
+
+void
+ngx_http_llmsafespace_key_revocations(void)
+{
+    ngx_str_t                       key_id;
+    ngx_uint_t                      i, n, from, seq;
+    ngx_http_llmsafespace_cache_t  *cache;
+    u_char                          ids[NGX_HTTP_LLMSAFESPACE_REVOKED_RING]
+                                       [NGX_HTTP_LLMSAFESPACE_KEY_ID_LEN];
+
+    if (ngx_http_llmsafespace_cache_zone == NULL) {
+        return;
+    }
+
+    cache = ngx_http_llmsafespace_cache_zone->data;
+
+    ngx_shmtx_lock(&cache->shpool->mutex);
+
+    seq = cache->sh->revoked_seq;
+    from = ngx_http_llmsafespace_revoked_seen;
+
+    if (seq - from > NGX_HTTP_LLMSAFESPACE_REVOKED_RING) {
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "llmsafespace: %ui revocations in a second, the "
+                      "oldest not seen by this worker", seq - from);
+
+        from = seq - NGX_HTTP_LLMSAFESPACE_REVOKED_RING;
+    }
+
+    n = seq - from;
+
+    for (i = 0; i < n; i++) {
+        ngx_memcpy(ids[i], cache->sh->revoked[(from + i)
+                                          % NGX_HTTP_LLMSAFESPACE_REVOKED_RING],
+                   NGX_HTTP_LLMSAFESPACE_KEY_ID_LEN);
+    }
+
+    ngx_shmtx_unlock(&cache->shpool->mutex);
+
+    ngx_http_llmsafespace_revoked_seen = seq;
+
+    for (i = 0; i < n; i++) {
+        key_id.data = ids[i];
+        key_id.len = NGX_HTTP_LLMSAFESPACE_KEY_ID_LEN;
+
+        ngx_http_llmsafespace_inflight_revoked(&key_id);
+    }
+}
+
+
 void
 ngx_http_llmsafespace_key_revoked(ngx_str_t *key_id)
 {
@@ -1164,6 +1437,8 @@ ngx_http_llmsafespace_key_revoked(ngx_str_t *key_id)
     size_t       argvlen[8];
 
     ngx_http_llmsafespace_key_forget(key_id);
+    ngx_http_llmsafespace_revoked_note(key_id);
+    ngx_http_llmsafespace_inflight_revoked(key_id);
 
     if (ngx_http_llmsafespace_auth_conf == NULL
         || ngx_http_llmsafespace_auth_conf->redis.addr == NULL)
@@ -1314,8 +1589,9 @@ ngx_http_llmsafespace_revoke_read(void *data, redisReply *reply,
 
 
 /*
- * Forgets every key id named in stream entries and remembers the newest
- * entry's id as where reading goes on.  The entries are Redis' replies:
+ * Forgets every key id named in stream entries, ends this worker's
+ * requests to runners made with them, and remembers the newest entry's id
+ * as where reading goes on.  The entries are Redis' replies:
  * checked for shape, their lengths never trusted.
  */
 
@@ -1363,6 +1639,8 @@ ngx_http_llmsafespace_revoke_apply(redisReply *entries,
             key_id.len = fields->element[j + 1]->len;
 
             ngx_http_llmsafespace_key_forget(&key_id);
+            ngx_http_llmsafespace_revoked_note(&key_id);
+            ngx_http_llmsafespace_inflight_revoked(&key_id);
         }
     }
 }
@@ -1396,4 +1674,23 @@ ngx_http_llmsafespace_hex_decode(u_char *dst, u_char *src, size_t len)
     }
 
     return NGX_OK;
+}
+
+
+/* a hex digit of a %XX escape, either case; 0xff for anything else */
+
+static ngx_uint_t
+ngx_http_llmsafespace_hex_digit(u_char c)
+{
+    if (c >= '0' && c <= '9') {
+        return c - '0';
+    }
+
+    c = (u_char) (c | 0x20);
+
+    if (c >= 'a' && c <= 'f') {
+        return c - 'a' + 10;
+    }
+
+    return 0xff;
 }

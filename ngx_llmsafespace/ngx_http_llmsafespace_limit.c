@@ -5,7 +5,10 @@
  * Rate limiting per API key and route class with GCRA (the generic cell
  * rate algorithm): a key's whole state is one "theoretical arrival time",
  * so a check is one read and one write, in shared memory for this gateway
- * and in one atomic Lua script in Redis for all replicas together.
+ * and in one atomic Lua script in Redis for all replicas together.  Each
+ * request counts against two budgets at once, its key's and its user's
+ * (shared by all the user's keys), so that minting keys does not multiply
+ * what a user may do; it is allowed only when both allow it.
  *
  * The shared memory zone is laid out like ngx_http_limit_req_module's: an
  * rbtree of keys plus an LRU queue for eviction.  nginx's own limit_req
@@ -24,6 +27,9 @@
 
 
 #define NGX_HTTP_LLMSAFESPACE_LIMIT_KEY_MAX  255
+
+/* a request's budgets: its key's (or client address') and its user's */
+#define NGX_HTTP_LLMSAFESPACE_LIMIT_BUCKETS  2
 
 
 typedef struct {
@@ -46,6 +52,7 @@ typedef struct {
 typedef struct {
     ngx_http_llmsafespace_limit_zone_t    zone;
     uint64_t                              interval;   /* us per request */
+    uint64_t                              user_interval;
     ngx_http_llmsafespace_limit_sh_t     *sh;
     ngx_slab_pool_t                      *shpool;
     ngx_str_t                             file;       /* first use, for */
@@ -53,16 +60,26 @@ typedef struct {
 } ngx_http_llmsafespace_limit_ctx_t;
 
 
-/* one Redis check in flight, in the request's pool */
+/* one budget a request counts against */
+typedef struct {
+    ngx_str_t                             local;      /* zone key */
+    ngx_str_t                             key;        /* Redis key */
+    uint64_t                              interval;   /* us per request */
+    ngx_uint_t                            burst;
+    u_char                                interval_text[NGX_INT64_LEN];
+    size_t                                interval_len;
+    u_char                                limit_text[NGX_INT_T_LEN];
+    size_t                                limit_len;
+} ngx_http_llmsafespace_limit_bucket_t;
+
+
+/* one check, and its Redis command in flight, in the request's pool */
 typedef struct {
     ngx_http_request_t                   *request;
     ngx_http_llmsafespace_limit_ctx_t    *lctx;
-    ngx_str_t                             local;      /* zone key */
-    ngx_str_t                             key;        /* Redis key */
-    u_char                                interval[NGX_INT64_LEN];
-    size_t                                interval_len;
-    u_char                                limit[NGX_INT_T_LEN];
-    size_t                                limit_len;
+    ngx_http_llmsafespace_limit_bucket_t  bucket[
+                                          NGX_HTTP_LLMSAFESPACE_LIMIT_BUCKETS];
+    ngx_uint_t                            n;
     ngx_uint_t                            eval;       /* EVAL sent */
 } ngx_http_llmsafespace_limit_wait_t;
 
@@ -74,8 +91,13 @@ static ngx_int_t ngx_http_llmsafespace_limit_init_zone(
 static void ngx_http_llmsafespace_limit_rbtree_insert(
     ngx_rbtree_node_t *temp, ngx_rbtree_node_t *node,
     ngx_rbtree_node_t *sentinel);
+static char *ngx_http_llmsafespace_limit_parse_rate(ngx_conf_t *cf,
+    ngx_str_t *value, size_t skip, ngx_int_t *rate, ngx_int_t *scale);
+static ngx_int_t ngx_http_llmsafespace_limit_bucket(ngx_http_request_t *r,
+    ngx_http_llmsafespace_limit_wait_t *w, ngx_str_t *id, const char *prefix,
+    uint64_t interval, ngx_uint_t burst);
 static ngx_int_t ngx_http_llmsafespace_limit_local(
-    ngx_http_llmsafespace_limit_ctx_t *lctx, ngx_str_t *key,
+    ngx_http_llmsafespace_limit_wait_t *w,
     ngx_http_llmsafespace_limit_result_t *res, ngx_log_t *log);
 static ngx_http_llmsafespace_limit_node_t *ngx_http_llmsafespace_limit_lookup(
     ngx_http_llmsafespace_limit_ctx_t *lctx, ngx_str_t *key, uint32_t hash);
@@ -98,26 +120,38 @@ static ngx_uint_t  ngx_http_llmsafespace_limit_tag;
 
 
 /*
- * KEYS[1] the key; ARGV[1] the interval between requests (us), ARGV[2] the
- * limit (burst + 1).  Redis' clock is the one all replicas agree on.
- * Returns {allowed, remaining, reset ms, retry after ms}.
+ * KEYS[i] a budget; ARGV[2i-1] its interval between requests (us),
+ * ARGV[2i] its limit (burst + 1).  A request is allowed when every budget
+ * allows it, and then taken from all of them.  Redis' clock is the one all
+ * replicas agree on.  Returns {allowed, remaining, reset ms, retry after
+ * ms}, of the tightest budget.
  */
 static ngx_str_t  ngx_http_llmsafespace_limit_script = ngx_string(
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
-    "local interval = tonumber(ARGV[1])\n"
-    "local tau = interval * tonumber(ARGV[2])\n"
-    "local tat = tonumber(redis.call('GET', KEYS[1])) or now\n"
-    "if tat < now then tat = now end\n"
-    "local new = tat + interval\n"
-    "if new > now + tau then\n"
-    "  return {0, 0, math.ceil((tat - now) / 1000),\n"
-    "          math.ceil((new - tau - now) / 1000)}\n"
+    "local ok, rem, reset, retry, new = 1, nil, 0, 0, {}\n"
+    "for i = 1, #KEYS do\n"
+    "  local interval = tonumber(ARGV[2 * i - 1])\n"
+    "  local tau = interval * tonumber(ARGV[2 * i])\n"
+    "  local tat = tonumber(redis.call('GET', KEYS[i])) or now\n"
+    "  if tat < now then tat = now end\n"
+    "  new[i] = tat + interval\n"
+    "  if new[i] > now + tau then\n"
+    "    ok = 0\n"
+    "    reset = math.max(reset, math.ceil((tat - now) / 1000))\n"
+    "    retry = math.max(retry, math.ceil((new[i] - tau - now) / 1000))\n"
+    "  else\n"
+    "    local r = math.floor((now + tau - new[i]) / interval)\n"
+    "    if rem == nil or r < rem then rem = r end\n"
+    "  end\n"
     "end\n"
-    "redis.call('SET', KEYS[1], string.format('%d', new),\n"
-    "           'PX', math.ceil((new - now) / 1000))\n"
-    "return {1, math.floor((now + tau - new) / interval),\n"
-    "        math.ceil((new - now) / 1000), 0}\n");
+    "if ok == 0 then return {0, 0, reset, retry} end\n"
+    "for i = 1, #KEYS do\n"
+    "  redis.call('SET', KEYS[i], string.format('%d', new[i]),\n"
+    "             'PX', math.ceil((new[i] - now) / 1000))\n"
+    "  reset = math.max(reset, math.ceil((new[i] - now) / 1000))\n"
+    "end\n"
+    "return {1, rem, reset, 0}\n");
 
 static u_char  ngx_http_llmsafespace_limit_sha[40];
 
@@ -135,8 +169,10 @@ ngx_http_llmsafespace_limit_zone(ngx_conf_t *cf, ngx_command_t *cmd,
     u_char                             *p;
     size_t                              len;
     ssize_t                             size;
-    ngx_int_t                           rate, scale, burst;
+    ngx_int_t                           rate, scale, burst, user_rate,
+                                        user_scale, user_burst;
     ngx_str_t                          *value, name, s;
+    ngx_int_t                           n;
     ngx_uint_t                          i;
     ngx_sha1_t                          sha1;
     ngx_shm_zone_t                     *shm_zone;
@@ -149,6 +185,9 @@ ngx_http_llmsafespace_limit_zone(ngx_conf_t *cf, ngx_command_t *cmd,
     rate = 0;
     scale = 1;
     burst = 0;
+    user_rate = 0;
+    user_scale = 1;
+    user_burst = -1;
     ngx_str_null(&name);
 
     for (i = 1; i < cf->args->nelts; i++) {
@@ -193,43 +232,47 @@ ngx_http_llmsafespace_limit_zone(ngx_conf_t *cf, ngx_command_t *cmd,
 
         if (ngx_strncmp(value[i].data, "rate=", 5) == 0) {
 
-            len = value[i].len;
-            p = value[i].data + len - 3;
-
-            if (len > 8 && ngx_strncmp(p, "r/s", 3) == 0) {
-                scale = 1;
-                len -= 3;
-
-            } else if (len > 8 && ngx_strncmp(p, "r/m", 3) == 0) {
-                scale = 60;
-                len -= 3;
-
-            } else {
-                len = 0;
-            }
-
-            rate = len ? ngx_atoi(value[i].data + 5, len - 5) : NGX_ERROR;
-
-            if (rate <= 0 || rate > 1000000) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "%V: invalid rate \"%V\" "
-                                   "(expected Nr/s or Nr/m)",
-                                   &value[0], &value[i]);
+            if (ngx_http_llmsafespace_limit_parse_rate(cf, &value[i], 5,
+                                                       &rate, &scale)
+                != NGX_CONF_OK)
+            {
                 return NGX_CONF_ERROR;
             }
 
             continue;
         }
 
-        if (ngx_strncmp(value[i].data, "burst=", 6) == 0) {
+        if (ngx_strncmp(value[i].data, "user_rate=", 10) == 0) {
 
-            burst = ngx_atoi(value[i].data + 6, value[i].len - 6);
+            if (ngx_http_llmsafespace_limit_parse_rate(cf, &value[i], 10,
+                                                       &user_rate,
+                                                       &user_scale)
+                != NGX_CONF_OK)
+            {
+                return NGX_CONF_ERROR;
+            }
 
-            if (burst == NGX_ERROR || burst > 1000000) {
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "burst=", 6) == 0
+            || ngx_strncmp(value[i].data, "user_burst=", 11) == 0)
+        {
+            len = (value[i].data[0] == 'b') ? 6 : 11;
+            n = ngx_atoi(value[i].data + len, value[i].len - len);
+
+            if (n == NGX_ERROR || n > 1000000) {
                 ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                    "%V: invalid burst \"%V\"",
                                    &value[0], &value[i]);
                 return NGX_CONF_ERROR;
+            }
+
+            if (len == 6) {
+                burst = n;
+
+            } else {
+                user_burst = n;
             }
 
             continue;
@@ -271,9 +314,23 @@ ngx_http_llmsafespace_limit_zone(ngx_conf_t *cf, ngx_command_t *cmd,
         return NGX_CONF_ERROR;
     }
 
+    /* a user's keys share, by default, what one key may do */
+
+    if (user_rate == 0) {
+        user_rate = rate;
+        user_scale = scale;
+    }
+
+    if (user_burst == -1) {
+        user_burst = burst;
+    }
+
     lctx->zone.rate = rate * 1000 / scale;
     lctx->zone.burst = burst;
     lctx->interval = (uint64_t) 1000000 * scale / rate;
+    lctx->zone.user_rate = user_rate * 1000 / user_scale;
+    lctx->zone.user_burst = user_burst;
+    lctx->user_interval = (uint64_t) 1000000 * user_scale / user_rate;
 
     shm_zone->init = ngx_http_llmsafespace_limit_init_zone;
     shm_zone->data = lctx;
@@ -285,6 +342,45 @@ ngx_http_llmsafespace_limit_zone(ngx_conf_t *cf, ngx_command_t *cmd,
         ngx_sha1_final(digest, &sha1);
 
         ngx_hex_dump(ngx_http_llmsafespace_limit_sha, digest, 20);
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* "rate=Nr/s" or "Nr/m" after "skip" characters */
+
+static char *
+ngx_http_llmsafespace_limit_parse_rate(ngx_conf_t *cf, ngx_str_t *value,
+    size_t skip, ngx_int_t *rate, ngx_int_t *scale)
+{
+    u_char     *p;
+    size_t      len;
+    ngx_str_t  *args;
+
+    len = value->len;
+    p = value->data + len - 3;
+
+    if (len > skip + 3 && ngx_strncmp(p, "r/s", 3) == 0) {
+        *scale = 1;
+        len -= 3;
+
+    } else if (len > skip + 3 && ngx_strncmp(p, "r/m", 3) == 0) {
+        *scale = 60;
+        len -= 3;
+
+    } else {
+        len = 0;
+    }
+
+    *rate = len ? ngx_atoi(value->data + skip, len - skip) : NGX_ERROR;
+
+    if (*rate <= 0 || *rate > 1000000) {
+        args = cf->args->elts;
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "%V: invalid rate \"%V\" "
+                           "(expected Nr/s or Nr/m)", &args[0], value);
+        return NGX_CONF_ERROR;
     }
 
     return NGX_CONF_OK;
@@ -539,7 +635,6 @@ ngx_http_llmsafespace_limit_rbtree_insert(ngx_rbtree_node_t *temp,
 ngx_int_t
 ngx_http_llmsafespace_limit_check(ngx_http_request_t *r)
 {
-    u_char                              *p;
     ngx_int_t                            rc;
     ngx_str_t                            key;
     ngx_http_llmsafespace_ctx_t         *ctx;
@@ -564,6 +659,14 @@ ngx_http_llmsafespace_limit_check(ngx_http_request_t *r)
     lctx = (ngx_http_llmsafespace_limit_ctx_t *)
                llcf->limit[ctx->route_class];
 
+    w = ngx_pcalloc(r->pool, sizeof(ngx_http_llmsafespace_limit_wait_t));
+    if (w == NULL) {
+        return NGX_ERROR;
+    }
+
+    w->request = r;
+    w->lctx = lctx;
+
     /* without an authenticated key, the client address is the key */
 
     key = ctx->identity.key_id;
@@ -572,11 +675,22 @@ ngx_http_llmsafespace_limit_check(ngx_http_request_t *r)
         key = r->connection->addr_text;
     }
 
-    if (key.len == 0 || key.len > NGX_HTTP_LLMSAFESPACE_LIMIT_KEY_MAX) {
-        return NGX_DECLINED;
+    rc = ngx_http_llmsafespace_limit_bucket(r, w, &key, "", lctx->interval,
+                                            lctx->zone.burst);
+    if (rc != NGX_OK) {
+        return rc;
     }
 
-    rc = ngx_http_llmsafespace_limit_local(lctx, &key, &ctx->limit,
+    if (ctx->identity.user_id.len) {
+        rc = ngx_http_llmsafespace_limit_bucket(r, w, &ctx->identity.user_id,
+                                                "user:", lctx->user_interval,
+                                                lctx->zone.user_burst);
+        if (rc == NGX_ERROR) {
+            return rc;
+        }
+    }
+
+    rc = ngx_http_llmsafespace_limit_local(w, &ctx->limit,
                                            r->connection->log);
 
     if (rc == NGX_HTTP_TOO_MANY_REQUESTS) {
@@ -596,31 +710,6 @@ ngx_http_llmsafespace_limit_check(ngx_http_request_t *r)
 
     /* the local verdict stands unless the cluster-wide budget says no */
 
-    w = ngx_pcalloc(r->pool, sizeof(ngx_http_llmsafespace_limit_wait_t));
-    if (w == NULL) {
-        return NGX_ERROR;
-    }
-
-    w->request = r;
-    w->lctx = lctx;
-    w->local = key;
-
-    w->key.len = sizeof("lss:rl::") - 1 + lctx->zone.name.len + key.len;
-    w->key.data = ngx_pnalloc(r->pool, w->key.len);
-    if (w->key.data == NULL) {
-        return NGX_ERROR;
-    }
-
-    p = ngx_cpymem(w->key.data, "lss:rl:", sizeof("lss:rl:") - 1);
-    p = ngx_cpymem(p, lctx->zone.name.data, lctx->zone.name.len);
-    *p++ = ':';
-    ngx_memcpy(p, key.data, key.len);
-
-    w->interval_len = ngx_sprintf(w->interval, "%uL", lctx->interval)
-                      - w->interval;
-    w->limit_len = ngx_sprintf(w->limit, "%ui", lctx->zone.burst + 1)
-                   - w->limit;
-
     if (ngx_http_llmsafespace_limit_send(w) != NGX_OK) {
         rc = ngx_http_llmsafespace_limit_unavailable(r);
 
@@ -636,48 +725,145 @@ ngx_http_llmsafespace_limit_check(ngx_http_request_t *r)
 
 
 /*
- * GCRA: a request is allowed when the theoretical arrival time, advanced
- * by one interval, stays within (burst + 1) intervals of now.
+ * Adds a budget: "prefix" and "id" name it in the zone, and with the
+ * zone's name in Redis.  NGX_DECLINED: an id too long to be kept (no
+ * limit then, as before for the address alone).
  */
 
 static ngx_int_t
-ngx_http_llmsafespace_limit_local(ngx_http_llmsafespace_limit_ctx_t *lctx,
-    ngx_str_t *key, ngx_http_llmsafespace_limit_result_t *res,
-    ngx_log_t *log)
+ngx_http_llmsafespace_limit_bucket(ngx_http_request_t *r,
+    ngx_http_llmsafespace_limit_wait_t *w, ngx_str_t *id, const char *prefix,
+    uint64_t interval, ngx_uint_t burst)
 {
-    size_t                               size;
-    uint32_t                             hash;
-    uint64_t                             now, tat, next, tau, interval;
-    ngx_http_llmsafespace_limit_node_t  *ln;
+    u_char                                *p;
+    size_t                                 len;
+    ngx_http_llmsafespace_limit_bucket_t  *b;
+
+    len = ngx_strlen(prefix);
+
+    if (id->len == 0
+        || len + id->len > NGX_HTTP_LLMSAFESPACE_LIMIT_KEY_MAX)
+    {
+        return NGX_DECLINED;
+    }
+
+    b = &w->bucket[w->n++];
+
+    b->interval = interval;
+    b->burst = burst;
+
+    b->key.len = sizeof("lss:rl::") - 1 + w->lctx->zone.name.len + len
+                 + id->len;
+    b->key.data = ngx_pnalloc(r->pool, b->key.len);
+    if (b->key.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_cpymem(b->key.data, "lss:rl:", sizeof("lss:rl:") - 1);
+    p = ngx_cpymem(p, w->lctx->zone.name.data, w->lctx->zone.name.len);
+    *p++ = ':';
+
+    /* the zone's key is the Redis key's tail */
+    b->local.data = p;
+    b->local.len = len + id->len;
+
+    p = ngx_cpymem(p, prefix, len);
+    ngx_memcpy(p, id->data, id->len);
+
+    b->interval_len = ngx_sprintf(b->interval_text, "%uL", interval)
+                      - b->interval_text;
+    b->limit_len = ngx_sprintf(b->limit_text, "%ui", burst + 1)
+                   - b->limit_text;
+
+    return NGX_OK;
+}
+
+
+/*
+ * GCRA: a request is allowed when, in each of its budgets, the theoretical
+ * arrival time advanced by one interval stays within (burst + 1)
+ * intervals of now; then it is taken from all of them.  The verdict comes
+ * first and the writes after, each budget looked up again: making room
+ * for one budget's node may evict another's.
+ */
+
+static ngx_int_t
+ngx_http_llmsafespace_limit_local(ngx_http_llmsafespace_limit_wait_t *w,
+    ngx_http_llmsafespace_limit_result_t *res, ngx_log_t *log)
+{
+    size_t                                 size;
+    uint32_t                               hash;
+    uint64_t                               now, tat, tau, left;
+    uint64_t                               next[
+                                         NGX_HTTP_LLMSAFESPACE_LIMIT_BUCKETS];
+    ngx_uint_t                             i, denied, full;
+    ngx_http_llmsafespace_limit_ctx_t     *lctx;
+    ngx_http_llmsafespace_limit_node_t    *ln;
+    ngx_http_llmsafespace_limit_bucket_t  *b;
+
+    lctx = w->lctx;
 
     /* ngx_current_msec is monotonic and shared by every worker */
     now = (uint64_t) ngx_current_msec * 1000;
 
-    interval = lctx->interval;
-    tau = interval * (lctx->zone.burst + 1);
+    denied = 0;
+    full = 0;
 
-    hash = ngx_crc32_short(key->data, key->len);
+    res->limit = 0;
+    res->remaining = 0;
+    res->reset = 0;
+    res->retry_after = 0;
 
     ngx_shmtx_lock(&lctx->shpool->mutex);
 
     ngx_http_llmsafespace_limit_expire(lctx, now, 1);
 
-    ln = ngx_http_llmsafespace_limit_lookup(lctx, key, hash);
+    for (i = 0; i < w->n; i++) {
+        b = &w->bucket[i];
+        tau = b->interval * (b->burst + 1);
 
-    tat = (ln && ln->tat > now) ? ln->tat : now;
-    next = tat + interval;
+        ln = ngx_http_llmsafespace_limit_lookup(lctx, &b->local,
+                               ngx_crc32_short(b->local.data, b->local.len));
 
-    res->limit = lctx->zone.burst + 1;
+        tat = (ln && ln->tat > now) ? ln->tat : now;
+        next[i] = tat + b->interval;
 
-    if (next > now + tau && ln) {
-        ngx_queue_remove(&ln->queue);
-        ngx_queue_insert_head(&lctx->sh->queue, &ln->queue);
+        if (next[i] > now + tau && ln) {
+            ngx_queue_remove(&ln->queue);
+            ngx_queue_insert_head(&lctx->sh->queue, &ln->queue);
 
+            if (!denied || res->retry_after
+                           < (time_t) ((next[i] - tau - now + 999999)
+                                       / 1000000))
+            {
+                res->limit = b->burst + 1;
+            }
+
+            denied = 1;
+            res->reset = ngx_max(res->reset,
+                                 (time_t) ((tat - now + 999999) / 1000000));
+            res->retry_after = ngx_max(res->retry_after,
+                           (time_t) ((next[i] - tau - now + 999999) / 1000000));
+            continue;
+        }
+
+        /* the tightest budget is the one reported */
+
+        left = (now + tau - next[i]) / b->interval;
+
+        if (!denied && (i == 0 || left < res->remaining)) {
+            res->limit = b->burst + 1;
+            res->remaining = (ngx_uint_t) left;
+        }
+
+        res->reset = ngx_max(res->reset,
+                             (time_t) ((next[i] - now + 999999) / 1000000));
+    }
+
+    if (denied) {
         ngx_shmtx_unlock(&lctx->shpool->mutex);
 
         res->remaining = 0;
-        res->reset = (time_t) ((tat - now + 999999) / 1000000);
-        res->retry_after = (time_t) ((next - tau - now + 999999) / 1000000);
 
         if (res->retry_after == 0) {
             res->retry_after = 1;
@@ -686,48 +872,52 @@ ngx_http_llmsafespace_limit_local(ngx_http_llmsafespace_limit_ctx_t *lctx,
         return NGX_HTTP_TOO_MANY_REQUESTS;
     }
 
-    if (ln == NULL) {
-        size = offsetof(ngx_http_llmsafespace_limit_node_t, data) + key->len;
+    for (i = 0; i < w->n; i++) {
+        b = &w->bucket[i];
+        hash = ngx_crc32_short(b->local.data, b->local.len);
 
-        ln = ngx_slab_alloc_locked(lctx->shpool, size);
+        ln = ngx_http_llmsafespace_limit_lookup(lctx, &b->local, hash);
 
         if (ln == NULL) {
-            ngx_http_llmsafespace_limit_expire(lctx, now, 0);
+            size = offsetof(ngx_http_llmsafespace_limit_node_t, data)
+                   + b->local.len;
 
             ln = ngx_slab_alloc_locked(lctx->shpool, size);
+
+            if (ln == NULL) {
+                ngx_http_llmsafespace_limit_expire(lctx, now, 0);
+
+                ln = ngx_slab_alloc_locked(lctx->shpool, size);
+            }
+
+            if (ln == NULL) {
+                /* a budget whose state cannot be kept yet is fresh */
+                full = 1;
+                continue;
+            }
+
+            ln->node.key = hash;
+            ln->len = (u_short) b->local.len;
+            ngx_memcpy(ln->data, b->local.data, b->local.len);
+
+            ngx_rbtree_insert(&lctx->sh->rbtree, &ln->node);
+
+        } else {
+            ngx_queue_remove(&ln->queue);
         }
 
-        if (ln == NULL) {
-            /* a key whose state cannot be kept yet is on a fresh budget */
-            ngx_shmtx_unlock(&lctx->shpool->mutex);
+        ngx_queue_insert_head(&lctx->sh->queue, &ln->queue);
 
-            ngx_log_error(NGX_LOG_WARN, log, 0,
-                          "llmsafespace_limit_zone \"%V\" is full",
-                          &lctx->zone.name);
-            goto allowed;
-        }
-
-        ln->node.key = hash;
-        ln->len = (u_short) key->len;
-        ngx_memcpy(ln->data, key->data, key->len);
-
-        ngx_rbtree_insert(&lctx->sh->rbtree, &ln->node);
-
-    } else {
-        ngx_queue_remove(&ln->queue);
+        ln->tat = next[i];
     }
-
-    ngx_queue_insert_head(&lctx->sh->queue, &ln->queue);
-
-    ln->tat = next;
 
     ngx_shmtx_unlock(&lctx->shpool->mutex);
 
-allowed:
-
-    res->remaining = (ngx_uint_t) ((now + tau - next) / interval);
-    res->reset = (time_t) ((next - now + 999999) / 1000000);
-    res->retry_after = 0;
+    if (full) {
+        ngx_log_error(NGX_LOG_WARN, log, 0,
+                      "llmsafespace_limit_zone \"%V\" is full",
+                      &lctx->zone.name);
+    }
 
     return NGX_OK;
 }
@@ -782,21 +972,27 @@ ngx_http_llmsafespace_limit_lookup(ngx_http_llmsafespace_limit_ctx_t *lctx,
 static void
 ngx_http_llmsafespace_limit_refund(ngx_http_llmsafespace_limit_wait_t *w)
 {
-    uint64_t                             now;
-    ngx_http_llmsafespace_limit_ctx_t   *lctx;
-    ngx_http_llmsafespace_limit_node_t  *ln;
+    uint64_t                               now;
+    ngx_uint_t                             i;
+    ngx_http_llmsafespace_limit_ctx_t     *lctx;
+    ngx_http_llmsafespace_limit_node_t    *ln;
+    ngx_http_llmsafespace_limit_bucket_t  *b;
 
     lctx = w->lctx;
     now = (uint64_t) ngx_current_msec * 1000;
 
     ngx_shmtx_lock(&lctx->shpool->mutex);
 
-    ln = ngx_http_llmsafespace_limit_lookup(lctx, &w->local,
-                                 ngx_crc32_short(w->local.data, w->local.len));
+    for (i = 0; i < w->n; i++) {
+        b = &w->bucket[i];
 
-    if (ln && ln->tat > now) {
-        ln->tat = (ln->tat - now > lctx->interval) ? ln->tat - lctx->interval
-                                                   : now;
+        ln = ngx_http_llmsafespace_limit_lookup(lctx, &b->local,
+                               ngx_crc32_short(b->local.data, b->local.len));
+
+        if (ln && ln->tat > now) {
+            ln->tat = (ln->tat - now > b->interval) ? ln->tat - b->interval
+                                                    : now;
+        }
     }
 
     ngx_shmtx_unlock(&lctx->shpool->mutex);
@@ -843,10 +1039,15 @@ ngx_http_llmsafespace_limit_expire(ngx_http_llmsafespace_limit_ctx_t *lctx,
 static ngx_int_t
 ngx_http_llmsafespace_limit_send(ngx_http_llmsafespace_limit_wait_t *w)
 {
-    const char                          *argv[6];
-    size_t                               argvlen[6];
-    ngx_http_llmsafespace_ctx_t         *ctx;
-    ngx_http_llmsafespace_redis_cmd_t   *cmd;
+    ngx_uint_t                             i, argc;
+    const char                            *argv[3 + 3
+                                         * NGX_HTTP_LLMSAFESPACE_LIMIT_BUCKETS];
+    size_t                                 argvlen[3 + 3
+                                         * NGX_HTTP_LLMSAFESPACE_LIMIT_BUCKETS];
+    u_char                                 numkeys[NGX_INT_T_LEN];
+    ngx_http_llmsafespace_ctx_t           *ctx;
+    ngx_http_llmsafespace_redis_cmd_t     *cmd;
+    ngx_http_llmsafespace_limit_bucket_t  *b;
 
     if (w->eval) {
         argv[0] = "EVAL";
@@ -861,16 +1062,26 @@ ngx_http_llmsafespace_limit_send(ngx_http_llmsafespace_limit_wait_t *w)
         argvlen[1] = sizeof(ngx_http_llmsafespace_limit_sha);
     }
 
-    argv[2] = "1";
-    argvlen[2] = 1;
-    argv[3] = (const char *) w->key.data;
-    argvlen[3] = w->key.len;
-    argv[4] = (const char *) w->interval;
-    argvlen[4] = w->interval_len;
-    argv[5] = (const char *) w->limit;
-    argvlen[5] = w->limit_len;
+    argv[2] = (const char *) numkeys;
+    argvlen[2] = ngx_sprintf(numkeys, "%ui", w->n) - numkeys;
 
-    cmd = ngx_http_llmsafespace_redis_command(6, argv, argvlen,
+    argc = 3;
+
+    for (i = 0; i < w->n; i++) {
+        argv[argc] = (const char *) w->bucket[i].key.data;
+        argvlen[argc++] = w->bucket[i].key.len;
+    }
+
+    for (i = 0; i < w->n; i++) {
+        b = &w->bucket[i];
+
+        argv[argc] = (const char *) b->interval_text;
+        argvlen[argc++] = b->interval_len;
+        argv[argc] = (const char *) b->limit_text;
+        argvlen[argc++] = b->limit_len;
+    }
+
+    cmd = ngx_http_llmsafespace_redis_command(argc, argv, argvlen,
                                  ngx_http_llmsafespace_limit_redis_handler, w);
     if (cmd == NULL) {
         return NGX_ERROR;
@@ -958,11 +1169,12 @@ ngx_http_llmsafespace_limit_redis_result(ngx_http_llmsafespace_limit_wait_t *w,
         v[i] = reply->element[i]->integer;
     }
 
-    if (v[0] > 1 || (ngx_uint_t) v[1] > w->lctx->zone.burst) {
+    if (v[0] > 1
+        || (ngx_uint_t) v[1] > ngx_max(w->lctx->zone.burst,
+                                       w->lctx->zone.user_burst))
+    {
         goto invalid;
     }
-
-    res->limit = w->lctx->zone.burst + 1;
 
     if (v[0] == 0) {
         res->remaining = 0;
@@ -975,7 +1187,7 @@ ngx_http_llmsafespace_limit_redis_result(ngx_http_llmsafespace_limit_wait_t *w,
 
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "llmsafespace: limiting requests of \"%V\" "
-                      "by the cluster-wide budget", &w->key);
+                      "by the cluster-wide budget", &w->bucket[0].key);
 
         ngx_http_llmsafespace_metrics_rate_limited(ctx->route_class);
 

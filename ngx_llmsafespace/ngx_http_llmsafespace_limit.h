@@ -26,6 +26,8 @@ typedef struct {
     ngx_shm_zone_t                 *shm_zone;
     ngx_uint_t                      rate;         /* requests per 1000 s */
     ngx_uint_t                      burst;        /* extra requests */
+    ngx_uint_t                      user_rate;    /* all keys of a user */
+    ngx_uint_t                      user_burst;
 } ngx_http_llmsafespace_limit_zone_t;
 
 
@@ -37,7 +39,10 @@ typedef struct {
 } ngx_http_llmsafespace_limit_result_t;
 
 
-/* llmsafespace_limit_zone zone=NAME:SIZE rate=Nr/s|Nr/m [burst=N]; */
+/*
+ * llmsafespace_limit_zone zone=NAME:SIZE rate=Nr/s|Nr/m [burst=N]
+ *     [user_rate=Nr/s|Nr/m] [user_burst=N];
+ */
 char *ngx_http_llmsafespace_limit_zone(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 
@@ -53,8 +58,9 @@ char *ngx_http_llmsafespace_limit_init_main_conf(ngx_conf_t *cf,
     void *lmcf);
 
 /*
- * Checks and consumes one request of the request's key in the zone of its
- * route class (ctx->route_class, ctx->identity.key_id).
+ * Checks and consumes one request of the request's key and of its user
+ * (every key of a user shares the user's budget) in the zone of its route
+ * class (ctx->route_class, ctx->identity); allowed only when both allow.
  *   NGX_DECLINED: no zone for this class;
  *   NGX_OK: allowed, ctx->limit filled;
  *   NGX_HTTP_TOO_MANY_REQUESTS: denied, ctx->limit filled;

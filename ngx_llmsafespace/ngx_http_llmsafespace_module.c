@@ -39,6 +39,8 @@ static char *ngx_http_llmsafespace_handler_directive(ngx_conf_t *cf,
 
 static ngx_int_t ngx_http_llmsafespace_post_read_handler(
     ngx_http_request_t *r);
+static ngx_int_t ngx_http_llmsafespace_redact(ngx_http_request_t *r,
+    ngx_str_t *s, ngx_uint_t query, ngx_str_t *key);
 static ngx_int_t ngx_http_llmsafespace_access_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_llmsafespace_log_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_llmsafespace_refuse(ngx_http_request_t *r,
@@ -60,6 +62,10 @@ static ngx_http_llmsafespace_ctx_t *ngx_http_llmsafespace_find_ctx(
 
 static ngx_conf_num_bounds_t  ngx_http_llmsafespace_audit_bounds = {
     ngx_conf_check_num_bounds, 1, 10000000
+};
+
+static ngx_conf_num_bounds_t  ngx_http_llmsafespace_keys_bounds = {
+    ngx_conf_check_num_bounds, 0, 100000
 };
 
 
@@ -92,6 +98,13 @@ static ngx_command_t  ngx_http_llmsafespace_commands[] = {
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
       NULL },
+
+    { ngx_string("llmsafespace_keys_per_user"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_llmsafespace_main_conf_t, keys_per_user),
+      &ngx_http_llmsafespace_keys_bounds },
 
     { ngx_string("llmsafespace_limit_zone"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
@@ -287,9 +300,6 @@ static ngx_http_variable_t  ngx_http_llmsafespace_vars[] = {
 };
 
 
-static ngx_str_t  ngx_http_llmsafespace_token_arg = ngx_string("token=");
-
-
 static ngx_int_t
 ngx_http_llmsafespace_add_variables(ngx_conf_t *cf)
 {
@@ -388,6 +398,7 @@ ngx_http_llmsafespace_create_main_conf(ngx_conf_t *cf)
 
     lmcf->key_ttl = NGX_CONF_UNSET;
     lmcf->key_stale = NGX_CONF_UNSET;
+    lmcf->keys_per_user = NGX_CONF_UNSET_UINT;
     lmcf->limit_redis_down = NGX_CONF_UNSET_UINT;
     lmcf->audit_buffer = NGX_CONF_UNSET_UINT;
     lmcf->stream_limit = NGX_CONF_UNSET_UINT;
@@ -410,6 +421,7 @@ ngx_http_llmsafespace_init_main_conf(ngx_conf_t *cf, void *conf)
 
     ngx_conf_init_value(lmcf->key_ttl, 60);
     ngx_conf_init_value(lmcf->key_stale, 600);
+    ngx_conf_init_uint_value(lmcf->keys_per_user, 20);
     ngx_conf_init_uint_value(lmcf->limit_redis_down,
                              NGX_HTTP_LLMSAFESPACE_LIMIT_REDIS_LOCAL);
     ngx_conf_init_uint_value(lmcf->audit_buffer, 10000);
@@ -709,6 +721,7 @@ ngx_http_llmsafespace_exit_process(ngx_cycle_t *cycle)
 {
     ngx_http_llmsafespace_metrics_exit_process(cycle);
     ngx_http_llmsafespace_auth_exit_process(cycle);
+    ngx_http_llmsafespace_inflight_exit_process(cycle);
     ngx_http_llmsafespace_audit_exit_process(cycle);
     ngx_http_llmsafespace_pg_exit_process(cycle);
     ngx_http_llmsafespace_redis_exit_process(cycle);
@@ -839,61 +852,158 @@ ngx_http_llmsafespace_wake(ngx_http_request_t *r)
 
 
 /*
- * Keys arrive in "?token=" only on WebSocket upgrades, but whatever the
- * route, the request line nginx logs (error and access logs alike) must
- * never hold one: replace it with a redacted copy before anything logs it.
+ * A key in the query (ngx_http_llmsafespace_token_arg() says which
+ * argument that is) is taken here, before anything logs the request, and
+ * then redacted from the request line ($request, the error log's
+ * "request:"), the raw URI ($request_uri), the arguments ($args, $arg_*,
+ * and what proxy_pass sends on) and a Referer pointing at such a URL:
+ * whatever the route, and whether or not the key is accepted there, only
+ * ctx->query_key holds it.
  */
 
 static ngx_int_t
 ngx_http_llmsafespace_post_read_handler(ngx_http_request_t *r)
 {
-    u_char     *p, *last, *dst, *line;
-    ngx_str_t  *arg;
+    ngx_str_t                     key;
+    ngx_http_llmsafespace_ctx_t  *ctx;
 
-    if (r->args.len == 0 || r != r->main) {
+    if (r != r->main) {
         return NGX_DECLINED;
     }
 
-    arg = &ngx_http_llmsafespace_token_arg;
+    /* "referrer:" of the error log, $http_referer: may be a URL of ours */
 
-    p = r->request_line.data;
-    last = p + r->request_line.len;
-
-    if (ngx_strnstr(p, (char *) arg->data, r->request_line.len) == NULL) {
-        return NGX_DECLINED;
-    }
-
-    line = ngx_pnalloc(r->pool, r->request_line.len);
-    if (line == NULL) {
+    if (r->headers_in.referer
+        && ngx_http_llmsafespace_redact(r, &r->headers_in.referer->value, 1,
+                                        NULL)
+           == NGX_ERROR)
+    {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    dst = line;
+    if (ngx_strlchr(r->request_line.data,
+                    r->request_line.data + r->request_line.len, '?')
+        == NULL)
+    {
+        return NGX_DECLINED;
+    }
+
+    /*
+     * Each string is redacted on its own: nginx's arguments are not always
+     * all that follows the line's first '?' (one after a '#' is not an
+     * argument to nginx, and so no key, but still logged).
+     */
+
+    ngx_str_null(&key);
+
+    if (ngx_http_llmsafespace_redact(r, &r->args, 0, &key) == NGX_ERROR
+        || ngx_http_llmsafespace_redact(r, &r->request_line, 1, NULL)
+           == NGX_ERROR
+        || ngx_http_llmsafespace_redact(r, &r->unparsed_uri, 1, NULL)
+           == NGX_ERROR)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (key.data) {
+        ctx = ngx_http_llmsafespace_get_ctx(r);
+        if (ctx == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        ctx->query_key = key;
+    }
+
+    return NGX_DECLINED;
+}
+
+
+/*
+ * Replaces s with a copy in which the value of each key argument reads
+ * "REDACTED".  The arguments start after the first '?' (query) or at
+ * once; a value ends at '&' or ' ' (the request line goes on with
+ * " HTTP/1.1").  The first value found, as it was, goes to *key.
+ * NGX_DECLINED: s holds no key argument, and is left as it is.
+ */
+
+static ngx_int_t
+ngx_http_llmsafespace_redact(ngx_http_request_t *r, ngx_str_t *s,
+    ngx_uint_t query, ngx_str_t *key)
+{
+    u_char      *p, *last, *start, *value, *copy, *dst;
+    size_t       len;
+    ngx_uint_t   n;
+
+    p = s->data;
+    last = p + s->len;
+
+    if (query) {
+        p = ngx_strlchr(p, last, '?');
+        if (p == NULL) {
+            return NGX_DECLINED;
+        }
+
+        p++;
+    }
+
+    start = p;
+    n = 0;
+
+    for ( /* void */ ; p < last; p++) {
+        if ((p == start || p[-1] == '&')
+            && ngx_http_llmsafespace_token_arg(p, last))
+        {
+            n++;
+        }
+    }
+
+    if (n == 0) {
+        return NGX_DECLINED;
+    }
+
+    copy = ngx_pnalloc(r->pool, s->len + n * (sizeof("REDACTED") - 1));
+    if (copy == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = start;
+    dst = ngx_cpymem(copy, s->data, p - s->data);
 
     while (p < last) {
-        if ((size_t) (last - p) > arg->len
-            && p > r->request_line.data
-            && (p[-1] == '?' || p[-1] == '&')
-            && ngx_strncmp(p, arg->data, arg->len) == 0)
-        {
-            dst = ngx_cpymem(dst, arg->data, arg->len);
-            dst = ngx_cpymem(dst, "REDACTED", 8);
-            p += arg->len;
 
-            while (p < last && *p != '&' && *p != ' ' && *p != '#') {
-                p++;
+        if (p == start || p[-1] == '&') {
+            len = ngx_http_llmsafespace_token_arg(p, last);
+
+            if (len) {
+                dst = ngx_cpymem(dst, p, len);
+                p += len;
+                value = p;
+
+                while (p < last && *p != '&' && *p != ' ') {
+                    p++;
+                }
+
+                if (p > value) {
+                    if (key && key->data == NULL) {
+                        key->data = value;
+                        key->len = p - value;
+                    }
+
+                    dst = ngx_cpymem(dst, "REDACTED",
+                                     sizeof("REDACTED") - 1);
+                }
+
+                continue;
             }
-
-            continue;
         }
 
         *dst++ = *p++;
     }
 
-    r->request_line.data = line;
-    r->request_line.len = dst - line;
+    s->data = copy;
+    s->len = dst - copy;
 
-    return NGX_DECLINED;
+    return NGX_OK;
 }
 
 

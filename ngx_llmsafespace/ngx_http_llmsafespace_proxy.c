@@ -17,6 +17,7 @@
 
 #include "ngx_http_llmsafespace.h"
 #include "ngx_http_llmsafespace_api.h"
+#include "ngx_http_llmsafespace_auth.h"
 
 
 #define NGX_HTTP_LLMSAFESPACE_SANDBOXES   "/api/v1/sandboxes/"
@@ -264,8 +265,9 @@ ngx_http_llmsafespace_proxy(ngx_http_request_t *r,
 
 /*
  * The runner's path: the tail of the decoded URI escaped again (the runner
- * decodes it itself), and the arguments without the API key of "?token=":
- * nothing that authenticates a user ever reaches a sandbox.
+ * decodes it itself), and the arguments without the one that carries an
+ * API key (already redacted, any spelling): nothing that authenticates a
+ * user ever reaches a sandbox.
  */
 
 static ngx_int_t
@@ -303,10 +305,7 @@ ngx_http_llmsafespace_proxy_path(ngx_http_request_t *r, ngx_str_t *tail,
             end = last;
         }
 
-        if (end > arg
-            && !((end - arg == 5 && ngx_strncmp(arg, "token", 5) == 0)
-                 || (end - arg >= 6 && ngx_strncmp(arg, "token=", 6) == 0)))
-        {
+        if (end > arg && ngx_http_llmsafespace_token_arg(arg, end) == 0) {
             *p++ = first ? '?' : '&';
             p = ngx_cpymem(p, arg, end - arg);
             first = 0;
@@ -506,6 +505,13 @@ ngx_http_llmsafespace_proxy_go(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx)
 {
     ngx_http_llmsafespace_loc_conf_t  *llcf;
+
+    /* it lasts while its key does */
+    if (ngx_http_llmsafespace_inflight_add(r, &ctx->identity.key_id)
+        != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
 
     llcf = ngx_http_get_module_loc_conf(r, ngx_http_llmsafespace_module);
 

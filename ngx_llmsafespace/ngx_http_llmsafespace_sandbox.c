@@ -99,6 +99,9 @@ static ngx_int_t ngx_http_llmsafespace_create_planned(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, PGresult *res);
 static ngx_int_t ngx_http_llmsafespace_create_claimed(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, redisReply *reply);
+static const char *ngx_http_llmsafespace_quota_value(ngx_http_request_t *r);
+static ngx_int_t ngx_http_llmsafespace_quota_exceeded(ngx_http_request_t *r,
+    ngx_int_t live);
 static ngx_int_t ngx_http_llmsafespace_create_bound(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, PGresult *res);
 static ngx_int_t ngx_http_llmsafespace_create_cold(ngx_http_request_t *r,
@@ -164,27 +167,57 @@ static const char  ngx_http_llmsafespace_plan_sql[] =
     "LIMIT 1)";
 
 /*
+ * The owner's live sandboxes but the one being added ($1), counted under
+ * the owner's lock (lss_live_sandboxes() in sql/schema.sql): the quota
+ * ($q, 0: none) is checked in the very statement that adds the sandbox,
+ * so concurrent creates cannot all pass it.  The plan's count only spares
+ * a claim that would be refused anyway.
+ */
+#define NGX_HTTP_LLMSAFESPACE_QUOTA_CTE(q)                                    \
+    "WITH q AS MATERIALIZED (SELECT CASE WHEN " q "::int = 0 THEN 0 "         \
+    "ELSE lss_live_sandboxes($2, $1) END AS live) "
+
+#define NGX_HTTP_LLMSAFESPACE_WITHIN(q)                                       \
+    "(" q "::int = 0 OR q.live < " q "::int)"
+
+/*
  * Binds a claimed warm sandbox's record to its owner.  The controller
  * records the same claim from the route within a tick; whichever comes
- * first writes the event, the other finds the owner already set.
+ * first writes the event, the other finds the owner already set.  Over
+ * the quota, the claimed sandbox is bound and marked for deletion at once
+ * (the controller destroys it): a warm sandbox is never handed to another.
+ * One row, the sandbox's columns NULL when refused, and the live count.
  */
 static const char  ngx_http_llmsafespace_bind_sql[] =
-    "WITH old AS (SELECT id, owner AS was FROM sandboxes WHERE id = $1 "
+    NGX_HTTP_LLMSAFESPACE_QUOTA_CTE("$6") ", "
+    "old AS (SELECT id, owner AS was FROM sandboxes WHERE id = $1 "
     "FOR UPDATE), "
     "u AS (UPDATE sandboxes s SET owner = $2, labels = $3::jsonb, "
     "timeout_s = $4::int, claimed_at = coalesce(s.claimed_at, now()), "
     "expires_at = to_timestamp($5::bigint / 1000.0), reason = 'Claimed', "
-    "updated_at = now() FROM old WHERE s.id = old.id "
-    "AND (old.was IS NULL OR old.was = $2) RETURNING s.*, old.was), "
+    "updated_at = now() FROM old, q WHERE s.id = old.id "
+    "AND (old.was IS NULL OR old.was = $2) "
+    "AND " NGX_HTTP_LLMSAFESPACE_WITHIN("$6") " RETURNING s.*, old.was), "
+    "x AS (UPDATE sandboxes s SET owner = $2, "
+    "delete_requested_at = coalesce(s.delete_requested_at, now()), "
+    "updated_at = now() FROM old, q WHERE s.id = old.id "
+    "AND (old.was IS NULL OR old.was = $2) "
+    "AND NOT " NGX_HTTP_LLMSAFESPACE_WITHIN("$6") " RETURNING s.id), "
     "e AS (INSERT INTO sandbox_events (sandbox_id, phase, reason, message) "
     "SELECT id, 'Running', 'Claimed', $2 FROM u WHERE was IS NULL) "
-    "SELECT " NGX_HTTP_LLMSAFESPACE_SANDBOX_COLUMNS " FROM u";
+    "SELECT " NGX_HTTP_LLMSAFESPACE_SANDBOX_COLUMNS ", q.live, "
+    "(SELECT count(*) FROM x) FROM q LEFT JOIN u ON true";
 
+/* a cold create's record, within the quota ($9): as the bind */
 static const char  ngx_http_llmsafespace_insert_sql[] =
-    "INSERT INTO sandboxes (id, owner, runtime, security_level, timeout_s, "
-    "resources, network_access, labels, phase) "
-    "VALUES ($1, $2, $3, $4, $5::int, $6::jsonb, $7::jsonb, $8::jsonb, "
-    "'Pending') RETURNING " NGX_HTTP_LLMSAFESPACE_SANDBOX_COLUMNS;
+    NGX_HTTP_LLMSAFESPACE_QUOTA_CTE("$9") ", "
+    "i AS (INSERT INTO sandboxes (id, owner, runtime, security_level, "
+    "timeout_s, resources, network_access, labels, phase) "
+    "SELECT $1, $2, $3, $4, $5::int, $6::jsonb, $7::jsonb, $8::jsonb, "
+    "'Pending' FROM q WHERE " NGX_HTTP_LLMSAFESPACE_WITHIN("$9") " "
+    "RETURNING *) "
+    "SELECT " NGX_HTTP_LLMSAFESPACE_SANDBOX_COLUMNS ", q.live "
+    "FROM q LEFT JOIN i ON true";
 
 static const char  ngx_http_llmsafespace_poll_sql[] =
     "SELECT " NGX_HTTP_LLMSAFESPACE_SANDBOX_COLUMNS " FROM sandboxes "
@@ -1236,13 +1269,7 @@ ngx_http_llmsafespace_create_planned(ngx_http_request_t *r,
                     PQgetlength(res, 0, 0));
 
     if (lmcf->sandbox_quota && live >= lmcf->sandbox_quota) {
-        return ngx_http_llmsafespace_send_error_details(r,
-                   NGX_HTTP_FORBIDDEN, "quota_exceeded",
-                   &(ngx_str_t) ngx_string("too many live sandboxes: "
-                                           "delete one first"),
-                   json_pack("{s:i, s:i}", "limit",
-                             (int) lmcf->sandbox_quota,
-                             "current", (int) live));
+        return ngx_http_llmsafespace_quota_exceeded(r, live);
     }
 
     if (PQgetisnull(res, 0, 1)) {
@@ -1291,6 +1318,43 @@ ngx_http_llmsafespace_create_planned(ngx_http_request_t *r,
 }
 
 
+/* the quota as a query parameter ("0": none) */
+
+static const char *
+ngx_http_llmsafespace_quota_value(ngx_http_request_t *r)
+{
+    u_char                             *p;
+    ngx_http_llmsafespace_main_conf_t  *lmcf;
+
+    lmcf = ngx_http_get_module_main_conf(r, ngx_http_llmsafespace_module);
+
+    p = ngx_pnalloc(r->pool, NGX_INT_T_LEN + 1);
+    if (p == NULL) {
+        return NULL;
+    }
+
+    *ngx_sprintf(p, "%ui", lmcf->sandbox_quota) = '\0';
+
+    return (const char *) p;
+}
+
+
+static ngx_int_t
+ngx_http_llmsafespace_quota_exceeded(ngx_http_request_t *r, ngx_int_t live)
+{
+    ngx_http_llmsafespace_main_conf_t  *lmcf;
+
+    lmcf = ngx_http_get_module_main_conf(r, ngx_http_llmsafespace_module);
+
+    return ngx_http_llmsafespace_send_error_details(r,
+               NGX_HTTP_FORBIDDEN, "quota_exceeded",
+               &(ngx_str_t) ngx_string("too many live sandboxes: "
+                                       "delete one first"),
+               json_pack("{s:i, s:i}", "limit", (int) lmcf->sandbox_quota,
+                         "current", (int) ngx_max(live, 0)));
+}
+
+
 static ngx_int_t
 ngx_http_llmsafespace_create_claimed(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, redisReply *reply)
@@ -1298,7 +1362,7 @@ ngx_http_llmsafespace_create_claimed(ngx_http_request_t *r,
     u_char                           *exp;
     size_t                            i;
     int64_t                           ms;
-    const char                       *values[5];
+    const char                       *values[6];
     ngx_http_llmsafespace_sandbox_t  *sb;
 
     sb = ctx->sandbox;
@@ -1347,9 +1411,14 @@ ngx_http_llmsafespace_create_claimed(ngx_http_request_t *r,
     values[2] = sb->labels;
     values[3] = sb->timeout;
     values[4] = (const char *) exp;
+    values[5] = ngx_http_llmsafespace_quota_value(r);
+
+    if (values[5] == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
 
     return ngx_http_llmsafespace_api_query(r, ctx,
-                                         ngx_http_llmsafespace_bind_sql, 5,
+                                         ngx_http_llmsafespace_bind_sql, 6,
                                          values,
                                          ngx_http_llmsafespace_create_bound);
 }
@@ -1363,7 +1432,16 @@ ngx_http_llmsafespace_create_bound(ngx_http_request_t *r,
 
     sb = ctx->sandbox;
 
-    if (PQntuples(res) != 1) {
+    if (PQntuples(res) == 1 && PQgetisnull(res, 0, 0)
+        && ngx_strcmp(PQgetvalue(res, 0, PQnfields(res) - 1), "1") == 0)
+    {
+        /* concurrent creates took the quota first: this one is retired */
+        return ngx_http_llmsafespace_quota_exceeded(r,
+                   ngx_atoi((u_char *) PQgetvalue(res, 0, PQnfields(res) - 2),
+                            PQgetlength(res, 0, PQnfields(res) - 2)));
+    }
+
+    if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0)) {
         /* the route was claimed but its record is gone or not ours */
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "llmsafespace: claimed sandbox %s has no record to "
@@ -1387,7 +1465,7 @@ ngx_http_llmsafespace_create_cold(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx)
 {
     u_char                            rnd[10];
-    const char                       *values[8];
+    const char                       *values[9];
     ngx_http_llmsafespace_sandbox_t  *sb;
 
     sb = ctx->sandbox;
@@ -1412,9 +1490,14 @@ ngx_http_llmsafespace_create_cold(ngx_http_request_t *r,
     values[5] = sb->resources;
     values[6] = sb->network;
     values[7] = sb->labels;
+    values[8] = ngx_http_llmsafespace_quota_value(r);
+
+    if (values[8] == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
 
     return ngx_http_llmsafespace_api_query(r, ctx,
-                                      ngx_http_llmsafespace_insert_sql, 8,
+                                      ngx_http_llmsafespace_insert_sql, 9,
                                       values,
                                       ngx_http_llmsafespace_create_recorded);
 }
@@ -1430,6 +1513,13 @@ ngx_http_llmsafespace_create_recorded(ngx_http_request_t *r,
 
     if (PQntuples(res) != 1) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (PQgetisnull(res, 0, 0)) {
+        /* concurrent creates took the quota first: nothing recorded */
+        return ngx_http_llmsafespace_quota_exceeded(r,
+                   ngx_atoi((u_char *) PQgetvalue(res, 0, PQnfields(res) - 1),
+                            PQgetlength(res, 0, PQnfields(res) - 1)));
     }
 
     /* wakes the controller; it would find the record within a tick anyway */

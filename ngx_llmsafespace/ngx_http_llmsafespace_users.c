@@ -58,12 +58,22 @@ static const char  ngx_http_llmsafespace_keys_list_sql[] =
     NGX_HTTP_LLMSAFESPACE_TS("revoked_at") " "
     "FROM api_keys WHERE user_id = $1 ORDER BY created_at, id";
 
+/*
+ * Within the cap on a user's active keys ($5, 0: none), counted under the
+ * user's lock in the same statement (lss_live_keys() in sql/schema.sql),
+ * so concurrent creates cannot pass it together.  One row: the key's
+ * columns, NULL when none was made, then the active keys counted.
+ */
 static const char  ngx_http_llmsafespace_keys_create_sql[] =
-    "INSERT INTO api_keys (id, user_id, secret_hash, name) "
-    "SELECT $1, id, $2, $3 FROM users WHERE id = $4 AND deleted_at IS NULL "
-    "RETURNING id, name, " NGX_HTTP_LLMSAFESPACE_TS("created_at") ", "
-    NGX_HTTP_LLMSAFESPACE_TS("last_used_at") ", "
-    NGX_HTTP_LLMSAFESPACE_TS("revoked_at");
+    "WITH q AS MATERIALIZED (SELECT CASE WHEN $5::int = 0 THEN 0 "
+    "ELSE lss_live_keys($4) END AS live), "
+    "k AS (INSERT INTO api_keys (id, user_id, secret_hash, name) "
+    "SELECT $1, id, $2, $3 FROM users, q WHERE id = $4 "
+    "AND deleted_at IS NULL AND ($5::int = 0 OR q.live < $5::int) "
+    "RETURNING id, name, " NGX_HTTP_LLMSAFESPACE_TS("created_at") " AS c, "
+    NGX_HTTP_LLMSAFESPACE_TS("last_used_at") " AS u, "
+    NGX_HTTP_LLMSAFESPACE_TS("revoked_at") " AS r) "
+    "SELECT k.*, q.live FROM q LEFT JOIN k ON true";
 
 /* users may revoke their own keys, admins anybody's ($3 = 't') */
 static const char  ngx_http_llmsafespace_keys_revoke_sql[] =
@@ -168,9 +178,10 @@ ngx_int_t
 ngx_http_llmsafespace_apikeys_create(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, ngx_str_t *id)
 {
-    u_char                           *user, *key_id, *hash;
-    const char                       *name, *values[4];
-    ngx_http_llmsafespace_new_key_t  *key;
+    u_char                             *user, *key_id, *hash, *cap;
+    const char                         *name, *values[5];
+    ngx_http_llmsafespace_new_key_t    *key;
+    ngx_http_llmsafespace_main_conf_t  *lmcf;
 
     static const char  *fields[] = { "name", NULL };
 
@@ -190,12 +201,16 @@ ngx_http_llmsafespace_apikeys_create(ngx_http_request_t *r,
     user = ngx_pnalloc(r->pool, ctx->identity.user_id.len + 1);
     key_id = ngx_pnalloc(r->pool, NGX_HTTP_LLMSAFESPACE_KEY_ID_LEN + 1);
     hash = ngx_pnalloc(r->pool, NGX_HTTP_LLMSAFESPACE_HASH_HEX_LEN + 1);
+    cap = ngx_pnalloc(r->pool, NGX_INT_T_LEN + 1);
 
     if (key == NULL || user == NULL || key_id == NULL || hash == NULL
-        || ngx_http_llmsafespace_key_generate(key) != NGX_OK)
+        || cap == NULL || ngx_http_llmsafespace_key_generate(key) != NGX_OK)
     {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
+
+    lmcf = ngx_http_get_module_main_conf(r, ngx_http_llmsafespace_module);
+    *ngx_sprintf(cap, "%ui", lmcf->keys_per_user) = '\0';
 
     *ngx_cpymem(user, ctx->identity.user_id.data,
                 ctx->identity.user_id.len) = '\0';
@@ -209,9 +224,10 @@ ngx_http_llmsafespace_apikeys_create(ngx_http_request_t *r,
     values[1] = (const char *) hash;
     values[2] = name;
     values[3] = (const char *) user;
+    values[4] = (const char *) cap;
 
     return ngx_http_llmsafespace_api_query(r, ctx,
-                                    ngx_http_llmsafespace_keys_create_sql, 4,
+                                    ngx_http_llmsafespace_keys_create_sql, 5,
                                     values,
                                     ngx_http_llmsafespace_apikeys_created);
 }
@@ -221,12 +237,32 @@ static ngx_int_t
 ngx_http_llmsafespace_apikeys_created(ngx_http_request_t *r,
     ngx_http_llmsafespace_ctx_t *ctx, PGresult *res)
 {
-    json_t                           *json;
-    ngx_http_llmsafespace_new_key_t  *key;
+    json_t                             *json;
+    ngx_int_t                           live;
+    ngx_http_llmsafespace_new_key_t    *key;
+    ngx_http_llmsafespace_main_conf_t  *lmcf;
 
     key = ctx->new_key;
+    lmcf = ngx_http_get_module_main_conf(r, ngx_http_llmsafespace_module);
 
-    if (PQntuples(res) != 1) {
+    if (PQntuples(res) == 1 && PQgetisnull(res, 0, 0)) {
+        live = ngx_atoi((u_char *) PQgetvalue(res, 0, 5),
+                        PQgetlength(res, 0, 5));
+
+        if (lmcf->keys_per_user && live >= (ngx_int_t) lmcf->keys_per_user)
+        {
+            return ngx_http_llmsafespace_send_error_details(r,
+                       NGX_HTTP_FORBIDDEN, "quota_exceeded",
+                       &(ngx_str_t) ngx_string("too many active API keys: "
+                                               "revoke one first (DELETE "
+                                               "/user/apikeys/{id})"),
+                       json_pack("{s:i, s:i}", "limit",
+                                 (int) lmcf->keys_per_user,
+                                 "current", (int) live));
+        }
+    }
+
+    if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0)) {
         /* the user was deleted while its key was in use */
         return ngx_http_llmsafespace_send_error(r, NGX_HTTP_UNAUTHORIZED,
                                                 "unauthorized",

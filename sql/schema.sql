@@ -58,3 +58,30 @@ CREATE TABLE IF NOT EXISTS audit_log (
 
 CREATE INDEX IF NOT EXISTS audit_log_at ON audit_log (at);
 CREATE INDEX IF NOT EXISTS audit_log_user_id_at ON audit_log (user_id, at);
+
+-- Counted limits (live sandboxes, active API keys per user) are checked
+-- in the statement that adds a row, atomically: these functions take a
+-- transaction-level advisory lock for the owner, then count with a
+-- snapshot taken after it (a volatile function's queries each take their
+-- own), so concurrent adds of one owner queue here and each one counts the
+-- rows the others committed.  The lock is held until the calling statement
+-- commits.  "except_id" leaves out the row being bound.
+CREATE OR REPLACE FUNCTION lss_live_sandboxes(owner_id text, except_id text)
+RETURNS bigint LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtextextended('sandboxes:' || owner_id,
+                                                   0));
+    RETURN (SELECT count(*) FROM sandboxes
+            WHERE owner = owner_id AND id IS DISTINCT FROM except_id
+            AND phase NOT IN ('Terminated', 'Failed')
+            AND delete_requested_at IS NULL);
+END $$;
+
+CREATE OR REPLACE FUNCTION lss_live_keys(owner_id text)
+RETURNS bigint LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtextextended('api_keys:' || owner_id,
+                                                   0));
+    RETURN (SELECT count(*) FROM api_keys
+            WHERE user_id = owner_id AND revoked_at IS NULL);
+END $$;

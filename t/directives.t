@@ -104,6 +104,14 @@ is($rc, 0, 'llmsafespace_egress_allow, repeated, passes') or diag($out);
     . 'refuse;'));
 is($rc, 0, 'llmsafespace_limit_redis_down refuse passes') or diag($out);
 
+($rc, $out) = $t->nginx_test(conf(keys => $pg,
+    zones => "llmsafespace_limit_zone zone=api:1m rate=10r/s burst=20 "
+        . "user_rate=30r/s user_burst=60;\n"
+        . "    llmsafespace_limit_zone zone=exec:1m rate=600r/m "
+        . "user_rate=1200r/m;",
+    http_extra => 'llmsafespace_keys_per_user 0;'));
+is($rc, 0, 'per-user budgets and a key cap pass') or diag($out);
+
 # [ name, part => replacement..., directive named, problem regex ]
 
 my @bad = (
@@ -226,6 +234,24 @@ my @bad = (
     [ 'limit: missing zone',
       { api => "llmsafespace_api;\nllmsafespace_limit default;" },
       'llmsafespace_limit', qr/number of arguments/ ],
+
+    [ 'limit_zone: bad user_rate',
+      { zones => 'llmsafespace_limit_zone zone=api:1m rate=1r/s '
+          . 'user_rate=fast;' },
+      'llmsafespace_limit_zone', qr/fast/ ],
+    [ 'limit_zone: bad user_burst',
+      { zones => 'llmsafespace_limit_zone zone=api:1m rate=1r/s '
+          . 'user_burst=-2;' },
+      'llmsafespace_limit_zone', qr/-2/ ],
+
+    # llmsafespace_keys_per_user
+    [ 'keys_per_user: not a number',
+      { http_extra => 'llmsafespace_keys_per_user many;' },
+      'llmsafespace_keys_per_user', qr/invalid|many/ ],
+    [ 'keys_per_user: duplicate',
+      { http_extra => "llmsafespace_keys_per_user 5;\n"
+          . "    llmsafespace_keys_per_user 6;" },
+      'llmsafespace_keys_per_user', qr/duplicate/ ],
 
     # llmsafespace_limit_redis_down, llmsafespace_audit_buffer
     [ 'limit_redis_down: bad value',

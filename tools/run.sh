@@ -179,6 +179,12 @@ done
 
 mkdir -p "$RUN"/{nginx/logs,redis,pg,controller,state}
 chmod 0755 "$RUN" "$RUN/pg"
+# Logs are the operator's alone: requests name users, keys and sandboxes.
+# nginx (its master, root) creates its logs with mode 0644 less the umask
+# it starts with, set below; files from earlier runs are closed here too.
+chmod 0700 "$RUN/nginx/logs" "$RUN/controller"
+find "$RUN/nginx/logs" "$RUN/controller" -maxdepth 1 -type f \
+    -exec chmod go-rwx {} +
 
 # Redis, as the workers' user: its socket is theirs (and root's).  One
 # they cannot reach (started otherwise, earlier) is restarted.
@@ -239,6 +245,7 @@ if pid=$(controller_pid) \
 fi
 if ! controller_pid >/dev/null; then
     # not a process group leader: setsid execs in place, so $! is it
+    (umask 077; : >> "$RUN/controller/controller.log")
     setsid "$CONTROLLER" "${CONTROLLER_ARGS[@]}" \
         >> "$RUN/controller/controller.log" 2>&1 < /dev/null &
     echo $! > "$RUN/controller/controller.pid"
@@ -249,7 +256,7 @@ fi
 sed -e "s#@RUN@#$RUN#g" -e "s#@PORT@#$PORT#g" -e "s#@MODULE@#$MODULE#g" \
     -e "s#@USER@#$LSS_USER#g" -e "s#@TOP@#$TOP#g" \
     "${LSS_CONF_IN:-$TOP/conf/local.conf.in}" > "$RUN/nginx/nginx.conf"
-nginx -q -t -p "$RUN/nginx" -c "$RUN/nginx/nginx.conf"
+(umask 077; nginx -q -t -p "$RUN/nginx" -c "$RUN/nginx/nginx.conf")
 if pid=$(pid_of "$RUN/nginx/nginx.pid") \
         && grep -q "ngx_http_llmsafespace_module.so (deleted)" "/proc/$pid/maps"
 then
@@ -260,7 +267,7 @@ fi
 if pid_of "$RUN/nginx/nginx.pid" >/dev/null; then
     nginx -p "$RUN/nginx" -c "$RUN/nginx/nginx.conf" -s reload
 else
-    nginx -p "$RUN/nginx" -c "$RUN/nginx/nginx.conf"
+    (umask 077; exec nginx -p "$RUN/nginx" -c "$RUN/nginx/nginx.conf")
 fi
 
 # Ready: nginx answers, and a sandbox of the default pool is ready to be
