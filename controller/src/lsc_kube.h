@@ -205,6 +205,7 @@ lsc_kube_informer_t *lsc_kube_informer_new(lsc_kube_t *kc,
     const lsc_kube_gvr_t *gvr, const char *ns, const char *selector,
     lsc_kube_handler_pt handler, void *data);
 void lsc_kube_informer_free(lsc_kube_informer_t *inf);
+int lsc_kube_informer_start_at(lsc_kube_informer_t *inf, const char *rv);
 int lsc_kube_informer_synced(lsc_kube_informer_t *inf);
 json_t *lsc_kube_informer_get(lsc_kube_informer_t *inf, const char *ns,
     const char *name);

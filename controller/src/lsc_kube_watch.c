@@ -70,6 +70,9 @@ struct lsc_kube_informer_s {
 };
 
 
+static int lsc_kube_valid_rv(json_t *v);
+
+
 static void
 lsc_kube_skip(lsc_kube_informer_t *inf, const char *why, const char *line,
     size_t len)
@@ -175,6 +178,29 @@ lsc_kube_informer_free(lsc_kube_informer_t *inf)
     free(inf->selector);
     lsc_kube_split_free(&inf->split);
     free(inf);
+}
+
+
+/*
+ * Begin with a watch from rv instead of a list (a restart that kept its
+ * version); a version the server no longer has is a 410, then a relist.
+ * The cache holds only what arrives until that list.
+ */
+int
+lsc_kube_informer_start_at(lsc_kube_informer_t *inf, const char *rv)
+{
+    json_t  *v;
+    int      ok;
+
+    v = json_string(rv);
+    ok = lsc_kube_valid_rv(v);
+    json_decref(v);
+    if (!ok || inf->req != NULL) {
+        return -1;
+    }
+    snprintf(inf->rv, sizeof(inf->rv), "%s", rv);
+    inf->relist = 0;
+    return 0;
 }
 
 

@@ -1,0 +1,223 @@
+"""The Kubernetes client's transport under faults a real API server will
+not produce on demand: connection reuse, the QPS bucket, 429 with
+Retry-After, 5xx during a relist, 410 at a watch's start and as an ERROR
+event, a cut stream, garbage and oversized lines, a server that is down.
+The server is kube_fault_server.FaultServer (scripted, not an API
+server); the client is lsc-kubectl-lite.  No root needed.
+"""
+
+import os
+import time
+
+import pytest
+
+from kube_cli import CM, KCTL, Watch, run
+from kube_fault_server import FaultServer
+
+pytestmark = pytest.mark.skipif(not os.path.exists(KCTL),
+                                reason="make -C controller first")
+
+
+@pytest.fixture
+def fake(tmp_path):
+    srv = FaultServer()
+    cfg = tmp_path / "kubeconfig"
+    cfg.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: fake\n"
+        "clusters:\n- name: fake\n  cluster:\n"
+        "    server: http://127.0.0.1:%d\n"
+        "contexts:\n- name: fake\n  context: {cluster: fake, user: me, "
+        "namespace: ns}\n"
+        "users:\n- name: me\n  user: {token: secret-token}\n" % srv.port)
+    srv.kubeconfig = str(cfg)
+    yield srv
+    srv.close()
+
+
+def test_crud_wire(fake):
+    out = run(fake.kubeconfig, CM, "create",
+              '{"metadata": {"name": "a"}, "data": {"k": "v"}}')
+    assert out["rc"] == "ok" and out["object"]["metadata"]["name"] == "a"
+    out = run(fake.kubeconfig, CM, "patch", "a", '{"data": {"k2": "v2"}}')
+    assert out["rc"] == "ok"
+    assert out["object"]["data"] == {"k": "v", "k2": "v2"}
+    # merge patch, never strategic merge; the bearer token sent
+    assert ("PATCH", "/api/v1/namespaces/ns/configmaps/a",
+            "application/merge-patch+json") in fake.requests
+    out = run(fake.kubeconfig, CM, "delete", "a")
+    assert out["rc"] == "ok"
+    out = run(fake.kubeconfig, CM, "get", "a")
+    assert out["rc"] == "not found" and out["code"] == 404
+    # names that would leave the path are refused before sending
+    n = len(fake.requests)
+    out = run(fake.kubeconfig, CM, "get", "../../secrets/x")
+    assert out["rc"] == "bad argument" and len(fake.requests) == n
+
+
+def test_one_connection_for_many_requests(fake):
+    fake.put("a")
+    out = run(fake.kubeconfig, "--qps", "1000", "--burst", "1000", CM,
+              "repeat", "50", "a")
+    assert out["rc"] == "ok" and out["object"]["done"] == 50
+    assert fake.connections == 1
+
+
+def test_qps_and_burst(fake):
+    fake.put("a")
+    out = run(fake.kubeconfig, "--qps", "20", "--burst", "5", CM,
+              "repeat", "45", "a")
+    assert out["rc"] == "ok"
+    # 5 at once, then 40 at 20 per second: at least 2 s
+    assert out["object"]["ms"] >= 1900, out
+    assert out["object"]["ms"] < 6000, out
+
+
+def test_429_retry_after(fake):
+    fake.put("a")
+    fake.fail(429, count=2, method="GET", headers={"Retry-After": "1"})
+    t0 = time.monotonic()
+    out = run(fake.kubeconfig, CM, "get", "a")
+    assert out["rc"] == "ok"
+    assert time.monotonic() - t0 >= 1.9
+    # past its tries the caller sees it, with the server's Retry-After
+    fake.fail(429, count=5, method="GET", headers={"Retry-After": "1"})
+    out = run(fake.kubeconfig, CM, "get", "a")
+    assert out["rc"] == "throttled" and out["code"] == 429
+    assert out["retryAfter"] == 1
+
+
+def test_status_through_http(fake):
+    body = {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "reason": "Invalid", "code": 422,
+            "message": "ConfigMap \"a\" is invalid",
+            "details": {"name": "a", "kind": "ConfigMap", "causes": [
+                {"reason": "FieldValueInvalid", "field": "data[x y]",
+                 "message": "bad key"}]}}
+    fake.fail(422, method="POST", body=body)
+    out = run(fake.kubeconfig, CM, "create", '{"metadata": {"name": "a"}}')
+    assert out["rc"] == "invalid" and out["reason"] == "Invalid"
+    assert out["causes"] == [{"reason": "FieldValueInvalid",
+                              "field": "data[x y]", "message": "bad key"}]
+    fake.fail(503, method="GET", body="<html>proxy</html>")
+    out = run(fake.kubeconfig, CM, "get", "a")
+    assert out["rc"] == "server error" and out["code"] == 503
+    fake.fail(200, method="GET", body="[1, 2]")
+    out = run(fake.kubeconfig, CM, "get", "a")
+    assert out["rc"] == "bad answer"
+
+
+def test_server_down(tmp_path):
+    srv = FaultServer()
+    port = srv.port
+    srv.close()
+    cfg = tmp_path / "kubeconfig"
+    cfg.write_text(
+        "current-context: x\nclusters:\n- name: c\n  cluster:\n"
+        "    server: http://127.0.0.1:%d\ncontexts:\n- name: x\n"
+        "  context: {cluster: c, user: u}\nusers:\n- name: u\n  user: {}\n"
+        % port)
+    t0 = time.monotonic()
+    out = run(str(cfg), CM, "get", "a")
+    assert out["rc"] == "no answer" and out["code"] == 0
+    assert time.monotonic() - t0 < 10
+
+
+def test_watch_paginated_list_then_events(fake):
+    for i in range(7):
+        fake.put("o%d" % i)
+    w = Watch(fake.kubeconfig, CM)
+    try:
+        w.until(lambda l: l.get("synced"), what="synced")
+        assert len(w.events("ADDED")) == 7
+        # pages of 500: one list request; more pages are tested below
+        fake.put("o1", {"x": "1"})
+        fake.put("o2", delete=True)
+        w.until(lambda l: l.get("event") == "DELETED", what="DELETED")
+        assert [e["key"] for e in w.events("MODIFIED")] == ["ns/o1"]
+    finally:
+        final = w.stop()
+    assert sorted(final["cache"]) == ["ns/o%d" % i for i in (0, 1, 3, 4, 5,
+                                                             6)]
+    assert final["stats"]["watches"] == 1
+    assert final["stats"]["lists"] == 1
+
+
+def test_watch_cut_loses_nothing(fake):
+    fake.put("a")
+    w = Watch(fake.kubeconfig, CM)
+    try:
+        w.until(lambda l: l.get("synced"), what="synced")
+        for i in range(3):
+            fake.wait_watching(starts=i + 1)
+            fake.cut()
+            fake.put("cut%d" % i)
+        fake.put("a", delete=True)
+        w.until(lambda l: l.get("event") == "DELETED", what="DELETED")
+        w.until(lambda l: len(w.events("ADDED")) == 4, what="all ADDED")
+    finally:
+        final = w.stop()
+    assert sorted(final["cache"]) == ["ns/cut0", "ns/cut1", "ns/cut2"]
+    # resumed from its version each time: no relist needed
+    assert final["stats"]["lists"] == 1
+    assert final["stats"]["watches"] >= 4
+    assert "watch" in w.stderr.decode()
+
+
+def test_410_relists_and_5xx_deletes_nothing(fake):
+    fake.put("a")
+    fake.put("b")
+    w = Watch(fake.kubeconfig, CM)
+    try:
+        w.until(lambda l: l.get("synced"), what="synced")
+        # a 410 mid-stream; the relist that follows meets 500s and 503s
+        fake.fail(500, count=3, watch=False, method="GET")
+        fake.fail(503, count=2, watch=False, method="GET")
+        fake.watch_fault("gone-event")
+        fake.cut()
+        w.until(lambda l: l.get("stats", {}).get("listFailures", 0) >= 5,
+                timeout=60, what="five failed lists")
+        assert w.events("DELETED") == []
+        # while failing, "b" really goes: the successful list says so
+        fake.put("b", delete=True)
+        fake.put("c")
+        w.until(lambda l: l.get("event") == "DELETED", timeout=60,
+                what="DELETED after the relist")
+        w.until(lambda l: l.get("event") == "ADDED"
+                and l.get("key") == "ns/c", what="c")
+        # then a 410 at the start of a watch
+        fake.watch_fault("gone-start")
+        fake.cut()
+        w.until(lambda l: l.get("stats", {}).get("relistsGone") == 2
+                and l["stats"]["lists"] >= 3, timeout=30,
+                what="second relist")
+    finally:
+        final = w.stop()
+    assert [e["key"] for e in w.events("DELETED")] == ["ns/b"]
+    assert sorted(final["cache"]) == ["ns/a", "ns/c"]
+    assert final["stats"]["lists"] >= 3
+
+
+def test_watch_garbage_is_skipped(fake):
+    fake.put("a")
+    fake.watch_fault("garbage")
+    w = Watch(fake.kubeconfig, CM)
+    try:
+        w.until(lambda l: l.get("synced"), what="synced")
+        w.until(lambda l: l.get("stats", {}).get("skipped", 0) >= 4,
+                what="skips")
+        fake.put("after")
+        w.until(lambda l: l.get("key") == "ns/after", what="a good event")
+    finally:
+        final = w.stop()
+    assert sorted(final["cache"]) == ["ns/a", "ns/after"]
+    assert final["stats"]["skipped"] == 4
+    # it all arrived on the first watch: nothing cut it
+    assert final["stats"]["watches"] == 1
+
+
+def test_list_pages(fake):
+    for i in range(12):
+        fake.put("p%02d" % i)
+    out = run(fake.kubeconfig, CM, "list", "--limit", "5")
+    assert out["rc"] == "ok" and out["object"]["pages"] == 3
+    assert out["object"]["names"] == ["p%02d" % i for i in range(12)]
