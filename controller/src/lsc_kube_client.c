@@ -409,6 +409,9 @@ lsc_kube_prepare(lsc_kube_t *kc, lsc_kube_req_t *req, int64_t now)
     curl_easy_setopt(e, CURLOPT_USERAGENT, kc->opts.user_agent);
     curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    /* a request that starts while the first connection is being made
+     * waits to share it (HTTP/2) rather than opening another */
+    curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
                      (long) kc->opts.connect_timeout_ms);
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long) req->timeout_ms);
