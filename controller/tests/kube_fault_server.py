@@ -12,6 +12,7 @@ test_kube_cluster.py.
 
 import json
 import socket
+import ssl
 import threading
 import time
 import urllib.parse
@@ -25,8 +26,11 @@ def _status(code, reason, message):
 
 
 class FaultServer:
-    def __init__(self):
+    def __init__(self, tls=None, token=None):
+        """tls: an ssl.SSLContext to serve https with; token: the bearer
+        token every request must carry (else 401)."""
         self.lock = threading.Condition()
+        self.token = token
         self.objects = {}          # name -> object
         self.history = []          # (rv, type, object)
         self.rv = 100
@@ -68,6 +72,9 @@ class FaultServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
+        if tls is not None:
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket,
+                                                server_side=True)
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever,
                                        daemon=True)
@@ -145,6 +152,10 @@ class FaultServer:
         q = dict(urllib.parse.parse_qsl(url.query))
         n = int(h.headers.get("Content-Length") or 0)
         payload = h.rfile.read(n) if n else b""
+        if (self.token is not None and h.headers.get("Authorization")
+                != "Bearer " + self.token):
+            return self._send(h, 401, _status(401, "Unauthorized",
+                                              "Unauthorized"))
         with self.lock:
             self.requests.append((method, h.path,
                                   h.headers.get("Content-Type")))

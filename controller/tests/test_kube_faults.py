@@ -1,12 +1,16 @@
 """The Kubernetes client's transport under faults a real API server will
 not produce on demand: connection reuse, the QPS bucket, 429 with
 Retry-After, 5xx during a relist, 410 at a watch's start and as an ERROR
-event, a cut stream, garbage and oversized lines, a server that is down.
+event, a cut stream, garbage and oversized lines, a server that is down;
+and TLS with a client certificate and a token, inline or from files.
 The server is kube_fault_server.FaultServer (scripted, not an API
 server); the client is lsc-kubectl-lite.  No root needed.
 """
 
+import base64
 import os
+import ssl
+import subprocess
 import time
 
 import pytest
@@ -221,3 +225,93 @@ def test_list_pages(fake):
     out = run(fake.kubeconfig, CM, "list", "--limit", "5")
     assert out["rc"] == "ok" and out["object"]["pages"] == 3
     assert out["object"]["names"] == ["p%02d" % i for i in range(12)]
+
+
+def _openssl(*args, cwd):
+    subprocess.run(["openssl"] + list(args), cwd=cwd, check=True,
+                   capture_output=True)
+
+
+@pytest.fixture
+def pki(tmp_path):
+    """A CA, a server certificate for 127.0.0.1, a client certificate,
+    and another CA that signed none of them."""
+    d = str(tmp_path)
+    for ca in ("ca", "other-ca"):
+        _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt",
+                 "ec_paramgen_curve:P-256", "-nodes", "-days", "1",
+                 "-subj", "/CN=" + ca, "-keyout", ca + ".key",
+                 "-out", ca + ".crt", cwd=d)
+    for name, ext in (("server", "subjectAltName=IP:127.0.0.1"),
+                      ("client", "extendedKeyUsage=clientAuth")):
+        _openssl("req", "-newkey", "ec", "-pkeyopt",
+                 "ec_paramgen_curve:P-256", "-nodes", "-subj",
+                 "/CN=" + name + "/O=system:masters", "-keyout",
+                 name + ".key", "-out", name + ".csr", cwd=d)
+        with open(os.path.join(d, name + ".ext"), "w") as f:
+            f.write(ext + "\n")
+        _openssl("x509", "-req", "-in", name + ".csr", "-CA", "ca.crt",
+                 "-CAkey", "ca.key", "-CAcreateserial", "-days", "1",
+                 "-extfile", name + ".ext", "-out", name + ".crt", cwd=d)
+    return d
+
+
+def _b64(path):
+    with open(path, "rb") as f:
+        return base64.b64encode(f.read()).decode()
+
+
+def test_tls_client_certificate_and_token(pki, tmp_path):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(os.path.join(pki, "server.crt"),
+                        os.path.join(pki, "server.key"))
+    ctx.load_verify_locations(os.path.join(pki, "ca.crt"))
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    srv = FaultServer(tls=ctx, token="t0ken")
+    try:
+        srv.put("a")
+        head = ("current-context: x\ncontexts:\n- name: x\n  context: "
+                "{cluster: c, user: u, namespace: ns}\nclusters:\n"
+                "- name: c\n  cluster:\n    server: https://127.0.0.1:%d\n"
+                % srv.port)
+        # inline data
+        inline = tmp_path / "inline.yaml"
+        inline.write_text(
+            head + "    certificate-authority-data: %s\nusers:\n- name: u\n"
+            "  user:\n    client-certificate-data: %s\n"
+            "    client-key-data: %s\n    token: t0ken\n"
+            % (_b64(os.path.join(pki, "ca.crt")),
+               _b64(os.path.join(pki, "client.crt")),
+               _b64(os.path.join(pki, "client.key"))))
+        out = run(str(inline), CM, "get", "a")
+        assert out["rc"] == "ok", out
+        # files, relative to the kubeconfig's directory
+        files = os.path.join(pki, "files.yaml")
+        with open(files, "w") as f:
+            f.write(head + "    certificate-authority: ca.crt\nusers:\n"
+                    "- name: u\n  user:\n    client-certificate: client.crt"
+                    "\n    client-key: client.key\n    token: t0ken\n")
+        out = run(files, CM, "repeat", "5", "a")
+        assert out["rc"] == "ok", out
+        # a wrong token is the server's 401
+        with open(files) as f:
+            text = f.read()
+        with open(files, "w") as f:
+            f.write(text.replace("t0ken", "wrong"))
+        out = run(files, CM, "get", "a")
+        assert out["rc"] == "refused" and out["code"] == 401, out
+        # a server whose certificate another CA signed is not spoken to
+        with open(files, "w") as f:
+            f.write(text.replace("ca.crt", "other-ca.crt"))
+        n = len(srv.requests)
+        out = run(files, CM, "get", "a")
+        assert out["rc"] == "no answer" and out["code"] == 0, out
+        assert len(srv.requests) == n
+        # no client certificate: the handshake fails
+        with open(files, "w") as f:
+            f.write(head + "    certificate-authority: ca.crt\nusers:\n"
+                    "- name: u\n  user:\n    token: t0ken\n")
+        out = run(files, CM, "get", "a")
+        assert out["rc"] == "no answer", out
+    finally:
+        srv.close()
