@@ -10,7 +10,10 @@
 #include "lsc_kube.h"
 
 
-/* copies a printable prefix: a message may reach a log line */
+/*
+ * Copies a printable prefix (a message may reach a log line), cut on a
+ * UTF-8 character boundary so that the copy is still valid text.
+ */
 static void
 lsc_copy_raw(char *dst, size_t len, const char *s, size_t n)
 {
@@ -18,6 +21,11 @@ lsc_copy_raw(char *dst, size_t len, const char *s, size_t n)
 
     for (i = 0; i + 1 < len && i < n && s[i] != '\0'; i++) {
         dst[i] = ((unsigned char) s[i] < 0x20 || s[i] == 0x7f) ? ' ' : s[i];
+    }
+    if (i < n && s[i] != '\0') {
+        while (i > 0 && ((unsigned char) s[i] & 0xc0) == 0x80) {
+            i--;
+        }
     }
     dst[i] = '\0';
 }

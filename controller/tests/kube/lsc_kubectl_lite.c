@@ -293,6 +293,81 @@ usage(void)
 }
 
 
+/* the verb and its arguments; the exit status */
+static int
+verb_run(lsc_kube_t *kc, const lsc_kube_gvr_t *gvr, const char *ns,
+    const char *verb, int argc, char **argv, const char *selector, int limit,
+    const char *sub, const lsc_kube_delete_opts_t *del, int seconds,
+    const char *start_rv)
+{
+    lsc_kube_status_t   st;
+    lsc_kube_rc_e       rc;
+    json_t             *obj, *out;
+    int                 status, i, n;
+    int64_t             t0;
+
+    obj = NULL;
+    status = 2;
+    memset(&st, 0, sizeof(st));
+    if (strcmp(verb, "get") == 0 && argc == 1) {
+        rc = lsc_kube_get(kc, gvr, ns, argv[0], &obj, &st);
+        status = answer(rc, obj, &st);
+    } else if (strcmp(verb, "list") == 0 && argc == 0) {
+        status = list_all(kc, gvr, ns, selector, limit);
+    } else if (strcmp(verb, "create") == 0 && argc == 1) {
+        out = parse_json(argv[0]);
+        if (out != NULL) {
+            rc = lsc_kube_create(kc, gvr, ns, out, &obj, &st);
+            status = answer(rc, obj, &st);
+            json_decref(out);
+        }
+    } else if ((strcmp(verb, "update") == 0 || strcmp(verb, "patch") == 0)
+               && argc == 2)
+    {
+        out = parse_json(argv[1]);
+        if (out != NULL) {
+            rc = verb[0] == 'u'
+                 ? lsc_kube_update(kc, gvr, ns, argv[0], sub, out, &obj,
+                                   &st)
+                 : lsc_kube_merge_patch(kc, gvr, ns, argv[0], sub, out,
+                                        &obj, &st);
+            status = answer(rc, obj, &st);
+            json_decref(out);
+        }
+    } else if (strcmp(verb, "delete") == 0 && argc == 1) {
+        rc = lsc_kube_delete(kc, gvr, ns, argv[0], del, &st);
+        status = answer(rc, NULL, &st);
+    } else if (strcmp(verb, "event") == 0 && argc == 5) {
+        rc = lsc_kube_get(kc, gvr, ns, argv[0], &obj, &st);
+        if (rc == LSC_KUBE_OK) {
+            rc = lsc_kube_event(kc, obj, argv[1], argv[2], argv[3], argv[4],
+                                &st);
+        }
+        status = answer(rc, NULL, &st);
+    } else if (strcmp(verb, "repeat") == 0 && argc == 2) {
+        n = atoi(argv[0]);
+        t0 = lsc_now_ms();
+        rc = LSC_KUBE_OK;
+        for (i = 0; i < n && rc == LSC_KUBE_OK; i++) {
+            json_decref(obj);
+            obj = NULL;
+            rc = lsc_kube_get(kc, gvr, ns, argv[1], &obj, &st);
+        }
+        out = json_pack("{s:I, s:i}", "ms", (json_int_t) (lsc_now_ms() - t0),
+                        "done", i);
+        status = answer(rc, out, &st);
+        json_decref(out);
+    } else if (strcmp(verb, "watch") == 0 && argc == 0) {
+        status = watch(kc, gvr, ns, selector, seconds, start_rv);
+    } else {
+        usage();
+    }
+
+    json_decref(obj);
+    return status;
+}
+
+
 int
 main(int argc, char **argv)
 {
@@ -318,13 +393,9 @@ main(int argc, char **argv)
     lsc_kube_opts_t           ko;
     lsc_kube_t               *kc;
     lsc_kube_gvr_t            gvr;
-    lsc_kube_status_t         st;
     lsc_kube_delete_opts_t    del;
-    lsc_kube_rc_e             rc;
-    json_t                   *obj, *out;
     char                     *res;
-    int                       c, namespaced, limit, seconds, status, i, n;
-    int64_t                   t0;
+    int                       c, namespaced, limit, seconds, status;
     struct sigaction          sa;
 
     kubeconfig = NULL;
@@ -422,64 +493,8 @@ main(int argc, char **argv)
         ns = NULL;
     }
 
-    obj = NULL;
-    status = 2;
-    memset(&st, 0, sizeof(st));
-    if (strcmp(verb, "get") == 0 && argc == 1) {
-        rc = lsc_kube_get(kc, &gvr, ns, argv[0], &obj, &st);
-        status = answer(rc, obj, &st);
-    } else if (strcmp(verb, "list") == 0 && argc == 0) {
-        status = list_all(kc, &gvr, ns, selector, limit);
-    } else if (strcmp(verb, "create") == 0 && argc == 1) {
-        out = parse_json(argv[0]);
-        if (out != NULL) {
-            rc = lsc_kube_create(kc, &gvr, ns, out, &obj, &st);
-            status = answer(rc, obj, &st);
-            json_decref(out);
-        }
-    } else if ((strcmp(verb, "update") == 0 || strcmp(verb, "patch") == 0)
-               && argc == 2)
-    {
-        out = parse_json(argv[1]);
-        if (out != NULL) {
-            rc = verb[0] == 'u'
-                 ? lsc_kube_update(kc, &gvr, ns, argv[0], sub, out, &obj,
-                                   &st)
-                 : lsc_kube_merge_patch(kc, &gvr, ns, argv[0], sub, out,
-                                        &obj, &st);
-            status = answer(rc, obj, &st);
-            json_decref(out);
-        }
-    } else if (strcmp(verb, "delete") == 0 && argc == 1) {
-        rc = lsc_kube_delete(kc, &gvr, ns, argv[0], &del, &st);
-        status = answer(rc, NULL, &st);
-    } else if (strcmp(verb, "event") == 0 && argc == 5) {
-        rc = lsc_kube_get(kc, &gvr, ns, argv[0], &obj, &st);
-        if (rc == LSC_KUBE_OK) {
-            rc = lsc_kube_event(kc, obj, argv[1], argv[2], argv[3], argv[4],
-                                &st);
-        }
-        status = answer(rc, NULL, &st);
-    } else if (strcmp(verb, "repeat") == 0 && argc == 2) {
-        n = atoi(argv[0]);
-        t0 = lsc_now_ms();
-        rc = LSC_KUBE_OK;
-        for (i = 0; i < n && rc == LSC_KUBE_OK; i++) {
-            json_decref(obj);
-            obj = NULL;
-            rc = lsc_kube_get(kc, &gvr, ns, argv[1], &obj, &st);
-        }
-        out = json_pack("{s:I, s:i}", "ms", (json_int_t) (lsc_now_ms() - t0),
-                        "done", i);
-        status = answer(rc, out, &st);
-        json_decref(out);
-    } else if (strcmp(verb, "watch") == 0 && argc == 0) {
-        status = watch(kc, &gvr, ns, selector, seconds, start_rv);
-    } else {
-        usage();
-    }
-
-    json_decref(obj);
+    status = verb_run(kc, &gvr, ns, verb, argc, argv, selector, limit, sub,
+                      &del, seconds, start_rv);
     lsc_kube_free(kc);
     free(res);
     curl_global_cleanup();

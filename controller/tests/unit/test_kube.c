@@ -404,6 +404,11 @@ test_status(void)
     CHECK(lsc_kube_status_decode(500, big, strlen(big), &st)
           == LSC_KUBE_ESERVER);
     CHECK(strlen(st.message) == sizeof(st.message) - 1);
+    /* cut where a character would be split: before it */
+    memcpy(big + n + sizeof(st.message) - 3, "\xe2\x82\xac", 3);
+    CHECK(lsc_kube_status_decode(500, big, strlen(big), &st)
+          == LSC_KUBE_ESERVER);
+    CHECK(strlen(st.message) == sizeof(st.message) - 3);
     free(big);
 
     CHECK(lsc_kube_rc(201) == LSC_KUBE_OK);
