@@ -452,12 +452,12 @@ at(const char *name)
 #define KEY_PEM   "-----BEGIN PRIVATE KEY-----\nK\n" \
                   "-----END PRIVATE KEY-----\n"
 /* base64 of the three above */
-#define CA_B64    "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCkNBCi0tLS0tRU5EIENFUlRJ" \
-                  "RklDQVRFLS0tLS0K"
-#define CERT_B64  "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCk1FCi0tLS0tRU5EIENFUlRJ" \
-                  "RklDQVRFLS0tLS0K"
-#define KEY_B64   "LS0tLS1CRUdJTiBQUklWQVRFIEtFWS0tLS0tCksKLS0tLS1FTkQgUFJJVkFU" \
-                  "RSBLRVktLS0tLQo="
+#define CA_B64    "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCkNBCi0tLS0tRU5E" \
+                  "IENFUlRJRklDQVRFLS0tLS0K"
+#define CERT_B64  "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCk1FCi0tLS0tRU5E" \
+                  "IENFUlRJRklDQVRFLS0tLS0K"
+#define KEY_B64   "LS0tLS1CRUdJTiBQUklWQVRFIEtFWS0tLS0tCksKLS0tLS1FTkQg" \
+                  "UFJJVkFURSBLRVktLS0tLQo="
 
 
 static void
