@@ -408,7 +408,10 @@ lsc_kube_prepare(lsc_kube_t *kc, lsc_kube_req_t *req, int64_t now)
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, req->headers);
     curl_easy_setopt(e, CURLOPT_USERAGENT, kc->opts.user_agent);
     curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
+    /* a watch on a connection that died silently ends within a minute */
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(e, CURLOPT_TCP_KEEPIDLE, 20L);
+    curl_easy_setopt(e, CURLOPT_TCP_KEEPINTVL, 10L);
     /* a request that starts while the first connection is being made
      * waits to share it (HTTP/2) rather than opening another */
     curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);

@@ -61,6 +61,7 @@ struct lsc_kube_informer_s {
     int                         relist;
     int                         gone;       /* ERROR 410 in the stream */
     int                         attempt;
+    int                         gone_attempt;  /* 410s right after lists */
     int64_t                     next_ms;
     int64_t                     watch_ms;   /* when this watch began */
     uint64_t                    watch_events;
@@ -484,6 +485,7 @@ lsc_kube_informer_line(void *arg, const char *line, size_t len)
         } else {
             snprintf(inf->rv, sizeof(inf->rv), "%s", json_string_value(rv));
             inf->stats.bookmarks++;
+            inf->watch_events++;
         }
         json_decref(ev);
         return 0;
@@ -655,6 +657,7 @@ lsc_kube_watch_done(void *data, lsc_kube_rc_e rc, long code, json_t *body,
 {
     lsc_kube_informer_t  *inf = data;
     int64_t               now;
+    int                   healthy;
 
     (void) body;
     inf->req = NULL;
@@ -662,9 +665,16 @@ lsc_kube_watch_done(void *data, lsc_kube_rc_e rc, long code, json_t *body,
     lsc_kube_split_reset(&inf->split);
     now = lsc_now_ms();
 
-    if (inf->watch_events > 0 || now - inf->watch_ms >= LSC_KUBE_HEALTHY_MS)
-    {
+    /*
+     * A watch that delivered something or lasted is healthy: the backoff
+     * starts over.  One that ends at once, whatever the reason, backs off,
+     * so a server that closes or answers 410 at once is not hammered.
+     */
+    healthy = inf->watch_events > 0
+              || now - inf->watch_ms >= LSC_KUBE_HEALTHY_MS;
+    if (healthy) {
         inf->attempt = 0;
+        inf->gone_attempt = 0;
     }
     if (inf->gone || rc == LSC_KUBE_EGONE) {
         inf->stats.relists_gone++;
@@ -674,17 +684,28 @@ lsc_kube_watch_done(void *data, lsc_kube_rc_e rc, long code, json_t *body,
         }
         inf->gone = 0;
         inf->relist = 1;
+        /* a list resets the backoff, so 410s in a row keep their own */
         inf->next_ms = now;
+        if (!healthy) {
+            inf->next_ms += lsc_kube_backoff(inf->gone_attempt,
+                                             LSC_KUBE_BACKOFF_BASE,
+                                             LSC_KUBE_BACKOFF_CAP);
+            if (inf->gone_attempt < 16) {
+                inf->gone_attempt++;
+            }
+        }
         return;
     }
-    if (rc == LSC_KUBE_OK) {
+    if (rc == LSC_KUBE_OK && (healthy || now - inf->watch_ms >= 1000)) {
         /* the server's timeoutSeconds: resume where we are, at once */
         inf->next_ms = now;
         return;
     }
-    /* cut, refused, 5xx, throttled: resume from our version, later */
-    lsc_log("warn", "kube: %s: watch: %ld %s: %s", inf->gvr->plural, code,
-            lsc_kube_strerror(rc), st->message);
+    if (rc != LSC_KUBE_OK) {
+        /* cut, refused, 5xx, throttled: resume from our version, later */
+        lsc_log("warn", "kube: %s: watch: %ld %s: %s", inf->gvr->plural,
+                code, lsc_kube_strerror(rc), st->message);
+    }
     lsc_kube_retry_later(inf, now);
 }
 

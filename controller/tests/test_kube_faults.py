@@ -201,6 +201,25 @@ def test_410_relists_and_5xx_deletes_nothing(fake):
     assert final["stats"]["lists"] >= 3
 
 
+def test_410_in_a_row_backs_off(fake):
+    fake.put("a")
+    for _ in range(4):
+        fake.watch_fault("gone-start")
+    w = Watch(fake.kubeconfig, CM)
+    try:
+        w.until(lambda l: l.get("synced"), what="synced")
+        t0 = time.monotonic()
+        w.until(lambda l: l.get("stats", {}).get("relistsGone") == 4
+                and l["stats"]["lists"] == 5, timeout=60, what="4 relists")
+        # 0.25-0.5 s, 0.5-1 s, 1-2 s between them: not a hot loop
+        assert time.monotonic() - t0 >= 1.7
+        fake.put("b")
+        w.until(lambda l: l.get("key") == "ns/b", what="b")
+    finally:
+        final = w.stop()
+    assert sorted(final["cache"]) == ["ns/a", "ns/b"]
+
+
 def test_watch_garbage_is_skipped(fake):
     fake.put("a")
     fake.watch_fault("garbage")
