@@ -315,6 +315,38 @@ test_informer_relist(void)
 }
 
 
+/* a kind without namespaces: keyed by name, a namespace is nonsense */
+static void
+test_informer_cluster_scoped(void)
+{
+    static const lsc_kube_gvr_t  rt = {
+        "llmsafespace.dev", "v1", "runtimeenvironments",
+        "RuntimeEnvironment", 0
+    };
+    lsc_kube_informer_t        *inf;
+    lsc_kube_informer_stats_t   s;
+    heard_t                     h;
+
+    memset(&h, 0, sizeof(h));
+    inf = lsc_kube_informer_detached(&rt, hear, &h);
+    CHECK(line(inf, "{\"type\":\"ADDED\",\"object\":{\"kind\":"
+               "\"RuntimeEnvironment\",\"metadata\":{\"name\":\"python\","
+               "\"resourceVersion\":\"3\"}}}") == 0);
+    CHECK(lsc_kube_informer_get(inf, NULL, "python") != NULL);
+    CHECK(line(inf, "{\"type\":\"ADDED\",\"object\":{\"kind\":"
+               "\"RuntimeEnvironment\",\"metadata\":{\"name\":\"node\","
+               "\"namespace\":\"\",\"resourceVersion\":\"4\"}}}") == 0);
+    CHECK(line(inf, "{\"type\":\"ADDED\",\"object\":{\"kind\":"
+               "\"RuntimeEnvironment\",\"metadata\":{\"name\":\"x\","
+               "\"namespace\":\"ns\",\"resourceVersion\":\"5\"}}}") == 0);
+    lsc_kube_informer_stats(inf, &s);
+    CHECK(h.added == 2 && s.skipped == 1);
+    CHECK(lsc_kube_informer_get(inf, NULL, "node") != NULL);
+    CHECK(lsc_kube_informer_get(inf, "ns", "x") == NULL);
+    lsc_kube_informer_free(inf);
+}
+
+
 /* Status bodies */
 
 static void
@@ -752,6 +784,7 @@ main(void)
     test_split();
     test_informer_lines();
     test_informer_relist();
+    test_informer_cluster_scoped();
     test_status();
     test_config();
     test_base64();
