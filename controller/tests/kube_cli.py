@@ -44,7 +44,8 @@ class Watch:
         self.p = subprocess.Popen(
             _argv(kubeconfig, list(args) + ["watch", "--seconds",
                                             str(seconds)]),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE)
         self.lines = queue.Queue()
         self.seen = []
         self.stderr = b""
@@ -83,10 +84,14 @@ class Watch:
         stats = [l["stats"] for l in self.seen if "stats" in l]
         return stats[-1] if stats else {}
 
-    def stop(self):
-        """SIGTERM; the final line (cache and stats)."""
+    def stop(self, how="signal"):
+        """SIGTERM (or "stop" on stdin); the final line (cache, stats)."""
         if self.p.poll() is None:
-            self.p.terminate()
+            if how == "stdin":
+                self.p.stdin.write(b"stop\n")
+                self.p.stdin.flush()
+            else:
+                self.p.terminate()
         rc = self.p.wait(60)
         final = self.until(lambda l: l.get("final"), timeout=10,
                            what="final line")

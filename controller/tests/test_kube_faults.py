@@ -220,6 +220,26 @@ def test_410_in_a_row_backs_off(fake):
     assert sorted(final["cache"]) == ["ns/a", "ns/b"]
 
 
+def test_loop_wakes_for_its_own_descriptors(fake):
+    """A quiet watch holds no turn of the loop: a line on the loop's own
+    descriptor (stdin here, Redis in the controller) is handled at once,
+    although each turn may wait 3 s."""
+    fake.put("a")
+    fake.bookmark_every = 3600
+    w = Watch(fake.kubeconfig, CM)
+    try:
+        w.until(lambda l: l.get("synced"), what="synced")
+        fake.wait_watching()
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        final = w.stop(how="stdin")
+        assert time.monotonic() - t0 < 1.5
+    finally:
+        if w.p.poll() is None:
+            w.stop()
+    assert list(final["cache"]) == ["ns/a"]
+
+
 def test_watch_garbage_is_skipped(fake):
     fake.put("a")
     fake.watch_fault("garbage")

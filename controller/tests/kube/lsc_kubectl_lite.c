@@ -18,14 +18,19 @@
  *   watch [--selector S] [--seconds N] [--start-rv RV]
  *       one line per notification {"event", "key", "rv"}, {"synced"}
  *       once listed, {"stats"} when they change, {"final", "cache"} at
- *       the end (after N seconds, or SIGTERM)
+ *       the end (after N seconds, SIGTERM, or "stop" on a piped stdin:
+ *       stdin is one of the loop's own descriptors, as the controller's
+ *       Redis connection would be, and must wake it at once)
  */
 
 #include <getopt.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+#include <sys/stat.h>
 #include <curl/curl.h>
 
 #include "../../src/lsc.h"
@@ -193,7 +198,11 @@ watch(lsc_kube_t *kc, const lsc_kube_gvr_t *gvr, const char *ns,
     json_t               *stats, *last, *cache, *obj;
     const char           *key;
     int64_t               end;
-    int                   synced;
+    int                   synced, piped;
+    struct pollfd         in;
+    struct stat           sb;
+    char                  buf[64];
+    ssize_t               n;
 
     inf = lsc_kube_informer_new(kc, gvr, ns, selector, on_change, NULL);
     if (inf == NULL) {
@@ -207,8 +216,19 @@ watch(lsc_kube_t *kc, const lsc_kube_gvr_t *gvr, const char *ns,
     end = lsc_now_ms() + (int64_t) seconds * 1000;
     synced = 0;
     last = NULL;
+    piped = fstat(0, &sb) == 0 && S_ISFIFO(sb.st_mode);
     while (!stop && lsc_now_ms() < end) {
-        lsc_kube_run(kc, NULL, 0, 200);
+        in.fd = 0;
+        in.events = POLLIN;
+        in.revents = 0;
+        /* long turns: only curl, stdin or a signal should end them early */
+        lsc_kube_run(kc, &in, piped, 3000);
+        if (piped && (in.revents & POLLIN)) {
+            n = read(0, buf, sizeof(buf) - 1);
+            if (n <= 0 || strncmp(buf, "stop", 4) == 0) {
+                break;
+            }
+        }
         if (!synced && lsc_kube_informer_synced(inf)) {
             synced = 1;
             emit(json_pack("{s:b, s:I}", "synced", 1, "count",
