@@ -231,7 +231,7 @@ lsc_kube_informer_t *lsc_kube_informer_detached(const lsc_kube_gvr_t *gvr,
     lsc_kube_handler_pt handler, void *data);
 int lsc_kube_informer_line(void *inf, const char *line, size_t len);
 int lsc_kube_informer_replace(lsc_kube_informer_t *inf, json_t *items,
-    const char *rv);
+    const char *rv, int keep_missing);
 int lsc_kube_informer_gone(lsc_kube_informer_t *inf);
 
 /* lsc_kube_client.c, for lsc_kube_watch.c: the request machinery */

@@ -38,11 +38,6 @@
 #define LSC_KUBE_LOG_SKIPS       20           /* then one line per 1000 */
 
 
-#define LSC_KUBE_IDLE       0
-#define LSC_KUBE_LISTING    1
-#define LSC_KUBE_WATCHING   2
-
-
 struct lsc_kube_informer_s {
     lsc_kube_t                 *kc;
     const lsc_kube_gvr_t       *gvr;
@@ -53,10 +48,10 @@ struct lsc_kube_informer_s {
 
     json_t                     *cache;      /* key -> object */
     json_t                     *pending;    /* a list's pages so far */
+    int                         pending_bad;  /* items skipped in them */
     char                       *cont;       /* the next page's token */
     char                        rv[LSC_KUBE_RV_LEN];
 
-    int                         state;
     int                         synced;
     int                         relist;
     int                         gone;       /* ERROR 410 in the stream */
@@ -380,12 +375,13 @@ lsc_kube_remove(lsc_kube_informer_t *inf, const char *key)
 
 /*
  * A complete list (items: key -> object) replaces the cache: what is
- * gone from it is DELETED, what is new ADDED, what changed MODIFIED.
- * Takes items.
+ * gone from it is DELETED (unless keep_missing: the list had items that
+ * made no sense, which may be some of ours), what is new ADDED, what
+ * changed MODIFIED.  Takes items.
  */
 int
 lsc_kube_informer_replace(lsc_kube_informer_t *inf, json_t *items,
-    const char *rv)
+    const char *rv, int keep_missing)
 {
     json_t      *obj, *gone;
     const char  *key;
@@ -399,7 +395,11 @@ lsc_kube_informer_replace(lsc_kube_informer_t *inf, json_t *items,
     }
     json_object_foreach(inf->cache, key, obj) {
         if (json_object_get(items, key) == NULL) {
-            json_array_append_new(gone, json_string(key));
+            if (keep_missing) {
+                json_object_set(items, key, obj);
+            } else {
+                json_array_append_new(gone, json_string(key));
+            }
         }
     }
     for (i = 0; i < json_array_size(gone); i++) {
@@ -541,6 +541,7 @@ lsc_kube_list_failed(lsc_kube_informer_t *inf)
 {
     json_decref(inf->pending);
     inf->pending = NULL;
+    inf->pending_bad = 0;
     free(inf->cont);
     inf->cont = NULL;
     inf->stats.list_failures++;
@@ -559,7 +560,6 @@ lsc_kube_list_done(void *data, lsc_kube_rc_e rc, long code, json_t *body,
     size_t                i;
 
     inf->req = NULL;
-    inf->state = LSC_KUBE_IDLE;
 
     if (rc == LSC_KUBE_EGONE && inf->cont != NULL) {
         /* the continue token expired between pages: start over */
@@ -605,6 +605,7 @@ lsc_kube_list_done(void *data, lsc_kube_rc_e rc, long code, json_t *body,
         }
         if (lsc_kube_key(inf, item, key, sizeof(key), &why) != 0) {
             lsc_kube_skip(inf, why, "list item", 9);
+            inf->pending_bad++;
             continue;
         }
         json_object_set(inf->pending, key, item);
@@ -617,6 +618,7 @@ lsc_kube_list_done(void *data, lsc_kube_rc_e rc, long code, json_t *body,
         inf->cont = strdup(json_string_value(cont));
         if (inf->cont == NULL) {
             lsc_kube_list_failed(inf);
+            return;
         }
         /* the next page at once */
         inf->next_ms = 0;
@@ -626,8 +628,10 @@ lsc_kube_list_done(void *data, lsc_kube_rc_e rc, long code, json_t *body,
     rv = json_string_value(json_object_get(meta, "resourceVersion"));
     lsc_log("info", "kube: %s: listed %zu objects at %s", inf->gvr->plural,
             json_object_size(inf->pending), rv);
-    lsc_kube_informer_replace(inf, inf->pending, rv);
+    /* a skipped item may be one we hold: then nothing goes from the cache */
+    lsc_kube_informer_replace(inf, inf->pending, rv, inf->pending_bad > 0);
     inf->pending = NULL;
+    inf->pending_bad = 0;
     inf->relist = 0;
     inf->gone = 0;
     inf->attempt = 0;
@@ -661,7 +665,6 @@ lsc_kube_watch_done(void *data, lsc_kube_rc_e rc, long code, json_t *body,
 
     (void) body;
     inf->req = NULL;
-    inf->state = LSC_KUBE_IDLE;
     lsc_kube_split_reset(&inf->split);
     now = lsc_now_ms();
 
@@ -782,11 +785,7 @@ lsc_kube_start(lsc_kube_informer_t *inf, int watch)
         inf->req = lsc_kube_submit(inf->kc, "GET", path, NULL, NULL, 0, NULL,
                                    lsc_kube_list_done, inf);
     }
-    if (inf->req == NULL) {
-        return -1;
-    }
-    inf->state = watch ? LSC_KUBE_WATCHING : LSC_KUBE_LISTING;
-    return 0;
+    return inf->req == NULL ? -1 : 0;
 }
 
 

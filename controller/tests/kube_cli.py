@@ -50,7 +50,9 @@ class Watch:
         self.seen = []
         self.stderr = b""
         threading.Thread(target=self._read, daemon=True).start()
-        threading.Thread(target=self._read_err, daemon=True).start()
+        self.err_thread = threading.Thread(target=self._read_err,
+                                           daemon=True)
+        self.err_thread.start()
 
     def _read(self):
         for raw in self.p.stdout:
@@ -93,6 +95,7 @@ class Watch:
             else:
                 self.p.terminate()
         rc = self.p.wait(60)
+        self.err_thread.join(10)
         final = self.until(lambda l: l.get("final"), timeout=10,
                            what="final line")
         assert rc == 0, (rc, self.stderr.decode()[-3000:])

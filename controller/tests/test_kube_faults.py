@@ -201,6 +201,30 @@ def test_410_relists_and_5xx_deletes_nothing(fake):
     assert final["stats"]["lists"] >= 3
 
 
+def test_list_with_nonsense_deletes_nothing(fake):
+    a = fake.put("a")
+    fake.put("b")
+    w = Watch(fake.kubeconfig, CM)
+    try:
+        w.until(lambda l: l.get("synced"), what="synced")
+        # the relist answers "a" and an item that makes no sense ("b"?)
+        fake.fail(200, watch=False, method="GET", body={
+            "kind": "ConfigMapList", "apiVersion": "v1",
+            "metadata": {"resourceVersion": "150"},
+            "items": [{"metadata": a["metadata"]},
+                      {"metadata": {"name": "B b", "namespace": "ns",
+                                    "resourceVersion": "102"}}]})
+        fake.watch_fault("gone-event")
+        fake.cut()
+        w.until(lambda l: l.get("stats", {}).get("lists") == 2,
+                what="the relist")
+    finally:
+        final = w.stop()
+    assert w.events("DELETED") == []
+    assert sorted(final["cache"]) == ["ns/a", "ns/b"]
+    assert final["stats"]["skipped"] == 1
+
+
 def test_410_in_a_row_backs_off(fake):
     fake.put("a")
     for _ in range(4):

@@ -300,16 +300,22 @@ test_informer_relist(void)
 
     items = json_pack("{s:o, s:o, s:o}", "ns/a", cm("a", "1"),
                       "ns/b", cm("b", "2"), "ns/c", cm("c", "3"));
-    CHECK(lsc_kube_informer_replace(inf, items, "3") == 0);
+    CHECK(lsc_kube_informer_replace(inf, items, "3", 0) == 0);
     CHECK(h.added == 3 && lsc_kube_informer_synced(inf));
 
     /* a later list: a gone, b the same, c changed, d new */
     items = json_pack("{s:o, s:o, s:o}", "ns/b", cm("b", "2"),
                       "ns/c", cm("c", "7"), "ns/d", cm("d", "8"));
-    CHECK(lsc_kube_informer_replace(inf, items, "8") == 0);
+    CHECK(lsc_kube_informer_replace(inf, items, "8", 0) == 0);
     CHECK(h.added == 4 && h.modified == 1 && h.deleted == 1);
     CHECK(lsc_kube_informer_get(inf, "ns", "a") == NULL);
     CHECK(lsc_kube_informer_get(inf, "ns", "d") != NULL);
+    CHECK(json_object_size(lsc_kube_informer_cache(inf)) == 3);
+
+    /* a list that had nonsense in it: changes yes, deletions no */
+    items = json_pack("{s:o}", "ns/b", cm("b", "9"));
+    CHECK(lsc_kube_informer_replace(inf, items, "9", 1) == 0);
+    CHECK(h.modified == 2 && h.deleted == 1);
     CHECK(json_object_size(lsc_kube_informer_cache(inf)) == 3);
     lsc_kube_informer_free(inf);
 }
