@@ -195,8 +195,10 @@ json_t *lsc_kube_event_build(json_t *regarding, const char *type,
 #define LSC_KUBE_DELETED   3
 
 /*
- * obj is the object as now cached (DELETED: its last state); old the
- * previous one for MODIFIED.  Both are borrowed for the call.
+ * obj is the object as now cached (DELETED: its final state as the event
+ * gave it, or our last copy when a relist found it gone); old the
+ * previous copy for MODIFIED and DELETED.  Both are borrowed for the
+ * call.
  */
 typedef void (*lsc_kube_handler_pt)(void *data, int type, json_t *obj,
     json_t *old);

@@ -179,16 +179,56 @@ lsc_kube_list(lsc_kube_t *kc, const lsc_kube_gvr_t *gvr, const char *ns,
 }
 
 
+/*
+ * The object as sent: a shallow copy with apiVersion and kind from gvr
+ * when it has none (custom resources are refused without them).
+ */
+static json_t *
+lsc_kube_typed(const lsc_kube_gvr_t *gvr, json_t *obj)
+{
+    json_t  *copy;
+    char     api[128];
+
+    if (!json_is_object(obj)) {
+        return NULL;
+    }
+    copy = json_copy(obj);
+    if (copy == NULL) {
+        return NULL;
+    }
+    if (json_object_get(copy, "apiVersion") == NULL) {
+        if (gvr->group[0] == '\0') {
+            snprintf(api, sizeof(api), "%s", gvr->version);
+        } else {
+            snprintf(api, sizeof(api), "%s/%s", gvr->group, gvr->version);
+        }
+        json_object_set_new(copy, "apiVersion", json_string(api));
+    }
+    if (json_object_get(copy, "kind") == NULL) {
+        json_object_set_new(copy, "kind", json_string(gvr->kind));
+    }
+    return copy;
+}
+
+
 lsc_kube_rc_e
 lsc_kube_create(lsc_kube_t *kc, const lsc_kube_gvr_t *gvr, const char *ns,
     json_t *obj, json_t **out, lsc_kube_status_t *st)
 {
-    char  path[LSC_KUBE_PATH_LEN];
+    char            path[LSC_KUBE_PATH_LEN];
+    json_t         *typed;
+    lsc_kube_rc_e   rc;
 
     if (lsc_kube_path(path, sizeof(path), gvr, ns, NULL, NULL) != 0) {
         return lsc_kube_bad(st, "invalid namespace");
     }
-    return lsc_kube_call(kc, "POST", path, NULL, obj, out, st);
+    typed = lsc_kube_typed(gvr, obj);
+    if (typed == NULL) {
+        return lsc_kube_bad(st, "not an object");
+    }
+    rc = lsc_kube_call(kc, "POST", path, NULL, typed, out, st);
+    json_decref(typed);
+    return rc;
 }
 
 
@@ -202,14 +242,22 @@ lsc_kube_update(lsc_kube_t *kc, const lsc_kube_gvr_t *gvr, const char *ns,
     const char *name, const char *sub, json_t *obj, json_t **out,
     lsc_kube_status_t *st)
 {
-    char  path[LSC_KUBE_PATH_LEN];
+    char            path[LSC_KUBE_PATH_LEN];
+    json_t         *typed;
+    lsc_kube_rc_e   rc;
 
     if (name == NULL
         || lsc_kube_path(path, sizeof(path), gvr, ns, name, sub) != 0)
     {
         return lsc_kube_bad(st, "invalid namespace or name");
     }
-    return lsc_kube_call(kc, "PUT", path, NULL, obj, out, st);
+    typed = lsc_kube_typed(gvr, obj);
+    if (typed == NULL) {
+        return lsc_kube_bad(st, "not an object");
+    }
+    rc = lsc_kube_call(kc, "PUT", path, NULL, typed, out, st);
+    json_decref(typed);
+    return rc;
 }
 
 

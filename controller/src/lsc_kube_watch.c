@@ -359,15 +359,16 @@ lsc_kube_upsert(lsc_kube_informer_t *inf, const char *key, json_t *obj)
 }
 
 
+/* obj: the object as the DELETED event gave it; NULL: our last copy */
 static void
-lsc_kube_remove(lsc_kube_informer_t *inf, const char *key)
+lsc_kube_remove(lsc_kube_informer_t *inf, const char *key, json_t *obj)
 {
     json_t  *old;
 
     old = json_incref(json_object_get(inf->cache, key));
     if (old != NULL) {
         json_object_del(inf->cache, key);
-        lsc_kube_notify(inf, LSC_KUBE_DELETED, old, NULL);
+        lsc_kube_notify(inf, LSC_KUBE_DELETED, obj ? obj : old, old);
         json_decref(old);
     }
 }
@@ -403,7 +404,8 @@ lsc_kube_informer_replace(lsc_kube_informer_t *inf, json_t *items,
         }
     }
     for (i = 0; i < json_array_size(gone); i++) {
-        lsc_kube_remove(inf, json_string_value(json_array_get(gone, i)));
+        lsc_kube_remove(inf, json_string_value(json_array_get(gone, i)),
+                        NULL);
     }
     json_decref(gone);
     json_object_foreach_safe(items, tmp, key, obj) {
@@ -506,7 +508,7 @@ lsc_kube_informer_line(void *arg, const char *line, size_t len)
 
     /* ADDED of a known key or MODIFIED of an unknown one: level, not edge */
     if (t[0] == 'D') {
-        lsc_kube_remove(inf, key);
+        lsc_kube_remove(inf, key, obj);
     } else {
         lsc_kube_upsert(inf, key, obj);
     }

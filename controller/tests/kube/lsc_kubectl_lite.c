@@ -460,7 +460,8 @@ main(int argc, char **argv)
     verb = argv[optind + 1];
     argv += optind + 1;
     argc -= optind + 1;
-    optind = 1;
+    /* 0, not 1: glibc's getopt forgets the "+" of the first scan */
+    optind = 0;
     while ((c = getopt_long(argc, argv, "n:", opts, NULL)) != -1) {
         switch (c) {
         case 'l': selector = optarg; break;

@@ -160,6 +160,7 @@ hear(void *data, int type, json_t *obj, json_t *old)
         CHECK(old != NULL);
     } else {
         h->deleted++;
+        CHECK(old != NULL);
     }
 }
 
