@@ -419,3 +419,23 @@ def test_custom_resource_watch(cluster, ns, crds):
         final = w.stop()
     assert list(final["cache"]) == [ns + "/sw"]
     assert final["stats"]["skipped"] == 0
+
+
+def test_quiet_watch_gets_bookmarks(cluster, ns):
+    """allowWatchBookmarks: the server moves a quiet watch's version on
+    (about once a minute), so a resume after a cut starts from a recent
+    version rather than one the server may have forgotten."""
+    w = Watch(cluster["kubeconfig"], "-n", ns, CM, seconds=150)
+    try:
+        w.until(lambda l: l.get("synced"), what="synced")
+        listed = w.until(lambda l: "stats" in l and l["stats"]["watches"])
+        first = int(listed["stats"]["resourceVersion"])
+        # other namespaces' writes move the global version on
+        kc(cluster, "default", CM, "create", cm("bm-" + ns))
+        mark = w.until(lambda l: l.get("stats", {}).get("bookmarks", 0) > 0,
+                       timeout=120, what="a bookmark")
+    finally:
+        final = w.stop()
+        kc(cluster, "default", CM, "delete", "bm-" + ns)
+    assert int(mark["stats"]["resourceVersion"]) > first
+    assert final["stats"]["events"] == 0
