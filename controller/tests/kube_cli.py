@@ -18,17 +18,19 @@ CM = "v1/configmaps/ConfigMap"
 
 
 def _argv(kubeconfig, args):
-    argv = [KCTL, "--kubeconfig", kubeconfig] + list(args)
+    """kubeconfig None: the arguments say where the server is."""
+    argv = [KCTL] + (["--kubeconfig", kubeconfig] if kubeconfig else [])
+    argv += list(args)
     if VALGRIND:
         argv = ["valgrind", "--quiet", "--error-exitcode=99",
                 "--leak-check=full", "--errors-for-leak-kinds=definite"] + argv
     return argv
 
 
-def run(kubeconfig, *args, timeout=60):
+def run(kubeconfig, *args, timeout=60, env=None):
     """One command: its JSON answer (exit 0 or 1 both answer)."""
     p = subprocess.run(_argv(kubeconfig, args), capture_output=True,
-                       timeout=timeout)
+                       timeout=timeout, env=env)
     assert p.returncode in (0, 1), (p.returncode, p.stderr.decode()[-3000:])
     lines = p.stdout.decode().splitlines()
     assert len(lines) == 1, p.stdout

@@ -8,6 +8,7 @@ that a failure.  The client is lsc-kubectl-lite; kubectl, when present,
 applies crds/ for the custom resource tests.
 """
 
+import base64
 import json
 import os
 import shutil
@@ -419,6 +420,72 @@ def test_custom_resource_watch(cluster, ns, crds):
         final = w.stop()
     assert list(final["cache"]) == [ns + "/sw"]
     assert final["stats"]["skipped"] == 0
+
+
+def test_in_cluster_service_account(cluster, ns, tmp_path):
+    """The client as a Pod's would be: the token of a ServiceAccount, the
+    cluster's CA as kube-root-ca.crt publishes it, the namespace, and
+    KUBERNETES_SERVICE_HOST/_PORT.  Without RBAC it is refused (403
+    Forbidden, decoded); with a Role bound, it lists."""
+    out = kc(cluster, ns, "v1/serviceaccounts/ServiceAccount", "create",
+             json.dumps({"metadata": {"name": "lsc"}}))
+    assert out["rc"] == "ok", out
+    out = kc(cluster, ns, "v1/secrets/Secret", "create", json.dumps(
+        {"metadata": {"name": "lsc-token", "annotations": {
+            "kubernetes.io/service-account.name": "lsc"}},
+         "type": "kubernetes.io/service-account-token"}))
+    assert out["rc"] == "ok", out
+    deadline = time.monotonic() + 60
+    while True:
+        sec = kc(cluster, ns, "v1/secrets/Secret", "get", "lsc-token")
+        root = kc(cluster, ns, CM, "get", "kube-root-ca.crt")
+        if (sec["object"].get("data", {}).get("token")
+                and root["rc"] == "ok"):
+            break
+        assert time.monotonic() < deadline, (sec, root)
+        time.sleep(0.5)
+    sa = tmp_path / "serviceaccount"
+    sa.mkdir()
+    (sa / "token").write_bytes(
+        base64.b64decode(sec["object"]["data"]["token"]))
+    (sa / "ca.crt").write_text(root["object"]["data"]["ca.crt"])
+    (sa / "namespace").write_text(ns)
+    host, port = cluster["server"].split("//")[1].rsplit(":", 1)
+    env = dict(os.environ, KUBERNETES_SERVICE_HOST=host,
+               KUBERNETES_SERVICE_PORT=port)
+
+    out = run(None, "--in-cluster", str(sa), CM, "list", env=env)
+    assert out["rc"] == "refused" and out["code"] == 403, out
+    assert out["reason"] == "Forbidden"
+    assert "system:serviceaccount:%s:lsc" % ns in out["message"]
+
+    out = kc(cluster, ns, "rbac.authorization.k8s.io/v1/roles/Role",
+             "create", json.dumps({"metadata": {"name": "read"}, "rules": [
+                 {"apiGroups": [""], "resources": ["configmaps"],
+                  "verbs": ["get", "list", "watch"]}]}))
+    assert out["rc"] == "ok", out
+    out = kc(cluster, ns,
+             "rbac.authorization.k8s.io/v1/rolebindings/RoleBinding",
+             "create", json.dumps({
+                 "metadata": {"name": "read"},
+                 "roleRef": {"apiGroup": "rbac.authorization.k8s.io",
+                             "kind": "Role", "name": "read"},
+                 "subjects": [{"kind": "ServiceAccount", "name": "lsc",
+                               "namespace": ns}]}))
+    assert out["rc"] == "ok", out
+    deadline = time.monotonic() + 30
+    while True:
+        # no -n: the namespace file's
+        out = run(None, "--in-cluster", str(sa), CM, "list", env=env)
+        if out["rc"] == "ok" or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert out["rc"] == "ok", out
+    assert "kube-root-ca.crt" in out["object"]["names"]
+    # reading is all it may do
+    out = run(None, "--in-cluster", str(sa), CM, "create", cm("no"),
+              env=env)
+    assert out["rc"] == "refused" and out["code"] == 403, out
 
 
 def test_quiet_watch_gets_bookmarks(cluster, ns):

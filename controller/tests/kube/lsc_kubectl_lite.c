@@ -5,8 +5,11 @@
  * "code": 409, "reason": ..., "message": ..., "causes": [...]}; exit 0
  * on "ok", 1 otherwise, 2 on usage.
  *
- *   lsc-kubectl-lite [--kubeconfig F] [-n NS] [--qps Q --burst B]
- *       RESOURCE VERB [ARGS]
+ *   lsc-kubectl-lite [--kubeconfig F | --in-cluster DIR] [-n NS]
+ *       [--qps Q --burst B] RESOURCE VERB [ARGS]
+ *
+ *   --in-cluster DIR  the service account mounted at DIR (token, ca.crt,
+ *                     namespace) with KUBERNETES_SERVICE_HOST and _PORT
  *
  *   RESOURCE  [GROUP/]VERSION/PLURAL/KIND, e.g. v1/configmaps/ConfigMap;
  *             --cluster-scoped for a kind without namespaces
@@ -393,6 +396,7 @@ main(int argc, char **argv)
 {
     static const struct option  opts[] = {
         { "kubeconfig", required_argument, NULL, 'k' },
+        { "in-cluster", required_argument, NULL, 'I' },
         { "namespace", required_argument, NULL, 'n' },
         { "qps", required_argument, NULL, 'q' },
         { "burst", required_argument, NULL, 'b' },
@@ -408,7 +412,7 @@ main(int argc, char **argv)
         { NULL, 0, NULL, 0 }
     };
     const char               *kubeconfig, *ns, *selector, *sub, *verb,
-                             *start_rv;
+                             *start_rv, *sa_dir;
     lsc_kube_config_t         cf;
     lsc_kube_opts_t           ko;
     lsc_kube_t               *kc;
@@ -419,6 +423,7 @@ main(int argc, char **argv)
     struct sigaction          sa;
 
     kubeconfig = NULL;
+    sa_dir = NULL;
     ns = NULL;
     selector = NULL;
     sub = NULL;
@@ -434,6 +439,7 @@ main(int argc, char **argv)
     while ((c = getopt_long(argc, argv, "+n:", opts, NULL)) != -1) {
         switch (c) {
         case 'k': kubeconfig = optarg; break;
+        case 'I': sa_dir = optarg; break;
         case 'n': ns = optarg; break;
         case 'q': ko.qps = atof(optarg); break;
         case 'b': ko.burst = atoi(optarg); break;
@@ -495,7 +501,9 @@ main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     curl_global_init(CURL_GLOBAL_DEFAULT);
 
-    if (lsc_kube_config_load(&cf, kubeconfig) != 0) {
+    if ((sa_dir != NULL ? lsc_kube_config_in_cluster(&cf, sa_dir)
+                        : lsc_kube_config_load(&cf, kubeconfig)) != 0)
+    {
         free(res);
         curl_global_cleanup();
         return 2;
