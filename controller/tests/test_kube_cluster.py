@@ -204,6 +204,30 @@ def test_watch_sees_changes(cluster, ns):
     assert final["stats"]["lists"] == 1
 
 
+def test_watch_all_namespaces_with_selector(cluster, ns):
+    """An informer over every namespace, narrowed by a label selector
+    (sent with the list and the watch)."""
+    other = "t-" + uuid.uuid4().hex[:10]
+    run(cluster["kubeconfig"], "--cluster-scoped", NS_RES, "create",
+        json.dumps({"metadata": {"name": other}}))
+    tag = {"lsc-test": ns}
+    kc(cluster, ns, CM, "create", cm("s1", labels=tag))
+    w = Watch(cluster["kubeconfig"], "-n", "", "--selector",
+              "lsc-test=" + ns, CM)
+    try:
+        w.until(lambda l: l.get("synced"), what="synced")
+        kc(cluster, other, CM, "create", cm("s2", labels=tag))
+        kc(cluster, other, CM, "create", cm("untagged"))
+        kc(cluster, ns, CM, "create", cm("s3", labels=tag))
+        w.until(lambda l: l.get("key") == ns + "/s3", what="s3")
+    finally:
+        final = w.stop()
+        run(cluster["kubeconfig"], "--cluster-scoped", NS_RES, "delete",
+            other)
+    assert sorted(final["cache"]) == sorted(
+        [ns + "/s1", other + "/s2", ns + "/s3"])
+
+
 def test_watch_from_an_old_version_ends_true(cluster, ns):
     """A watch resumed from an ancient version: a compacted server answers
     410 and the informer relists; a fresh one (this harness) replays from
