@@ -150,6 +150,7 @@ void lsc_kube_split_free(lsc_kube_split_t *sp);
 /* lsc_kube_client.c */
 lsc_kube_t *lsc_kube_new(lsc_kube_config_t *cf, const lsc_kube_opts_t *o);
 void lsc_kube_free(lsc_kube_t *kc);
+/* one turn of the loop; at most 16 extra descriptors, revents set */
 int lsc_kube_run(lsc_kube_t *kc, struct pollfd *extra, unsigned nextra,
     int timeout_ms);
 int lsc_kube_path(char *buf, size_t len, const lsc_kube_gvr_t *gvr,
@@ -255,6 +256,5 @@ void lsc_kube_cancel(lsc_kube_t *kc, lsc_kube_req_t *req);
 void lsc_kube_add_informer(lsc_kube_t *kc, lsc_kube_informer_t *inf);
 void lsc_kube_remove_informer(lsc_kube_t *kc, lsc_kube_informer_t *inf);
 int64_t lsc_kube_informer_step(lsc_kube_informer_t *inf, int64_t now_ms);
-int lsc_kube_informer_watch_timeout(void);
 
 #endif /* LSC_KUBE_H */

@@ -716,8 +716,8 @@ lsc_kube_watch_done(void *data, lsc_kube_rc_e rc, long code, json_t *body,
 
 
 /* a random 5-10 minutes, so that many watches do not end together */
-int
-lsc_kube_informer_watch_timeout(void)
+static int
+lsc_kube_watch_timeout(void)
 {
     return 300 + (int) (drand48() * 300);
 }
@@ -738,7 +738,7 @@ lsc_kube_start(lsc_kube_informer_t *inf, int watch)
     n = strlen(path);
     timeout = 0;
     if (watch) {
-        timeout = lsc_kube_informer_watch_timeout();
+        timeout = lsc_kube_watch_timeout();
         rc = snprintf(path + n, sizeof(path) - n, "?watch=1&"
                       "allowWatchBookmarks=true&timeoutSeconds=%d&"
                       "resourceVersion=%s", timeout, inf->rv);
