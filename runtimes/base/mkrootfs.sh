@@ -151,6 +151,22 @@ for bin in llmsafespace-runner llmsafespace-zygote; do
     fi
 done
 
+# statx without AT_NO_AUTOMOUNT for every program, as the image does
+# (runtimes/runner/src/lss_compat_statx.c says why)
+compat=$runner_dir/libllmsafespace-compat.so
+lib=/usr/local/lib/libllmsafespace-compat.so
+if [ -f "$compat" ] && ! cmp -s "$compat" "$root$lib"; then
+    mkdir -p "$root/usr/local/lib"
+    cp "$compat" "$root$lib.new.$$"
+    chmod 0644 "$root$lib.new.$$"
+    mv "$root$lib.new.$$" "$root$lib"
+    echo "mkrootfs: $name: libllmsafespace-compat.so installed"
+fi
+if [ -f "$root$lib" ] && [ "$(cat "$root/etc/ld.so.preload" 2>/dev/null)" \
+        != "$lib" ]; then
+    echo "$lib" >"$root/etc/ld.so.preload"
+fi
+
 # A library the runner links but the package lists miss would only show
 # as a container that never becomes ready; say it here instead.
 if [ $installed = 1 ]; then

@@ -469,6 +469,17 @@ print(" ".join(out))
     assert r["stdout"] == "chr:EPERM blk:EPERM fifo:made reg:made\n", r
 
 
+def test_coreutils_stat(runner):
+    # coreutils passes AT_NO_AUTOMOUNT to statx, which runsc 20221219
+    # refused (EINVAL): the rootfs preloads libllmsafespace-compat.so
+    r = runner.execute("touch /workspace/f && ls -ld /workspace /tmp && "
+                       "ls -l /workspace && stat -c %s /workspace/f",
+                       type="command")
+    assert r["exitCode"] == 0, r
+    assert r["stderr"] == "", r
+    assert r["stdout"].splitlines()[-1] == "0"
+
+
 def test_fork_bomb(start_runner, runtime):
     # gVisor keeps every sandbox process in Sentry memory (~10 MiB for a
     # forked interpreter): room for the 48 the pids limit allows

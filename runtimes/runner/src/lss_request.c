@@ -54,6 +54,17 @@ lss_env_name_ok(const char *k)
 }
 
 
+/* the fields of an execute: over HTTP without executionId and mode
+ * (its "type" says code or command), on the WebSocket without stdin
+ * (sent as stdin messages; its "type" is "execute") */
+static const char  *lss_exec_fields[] = {
+    "type", "mode", "executionId", "language", "content", "args", "timeout",
+    "env", "workingDir", "stdin", "context", NULL
+};
+
+static __thread char  lss_unknown_field[65];
+
+
 /*
  * Validate a request (POST /execute body or a WebSocket execute message)
  * into ex.  Returns 400 or 422 with err and field set, or 0.
@@ -69,6 +80,26 @@ lss_exec_parse(lss_exec_t *ex, json_t *req, int ws, char *err,
     if (!json_is_object(req)) {
         snprintf(err, errlen, "request body must be a JSON object");
         return 400;
+    }
+
+    /* a misspelt field must not run the code without what it meant */
+    json_object_foreach(req, k, v) {
+        for (i = 0; lss_exec_fields[i] != NULL; i++) {
+            if (strcmp(k, lss_exec_fields[i]) == 0) {
+                break;
+            }
+        }
+        if (lss_exec_fields[i] == NULL
+            || (ws && strcmp(k, "stdin") == 0)
+            || (!ws && (strcmp(k, "executionId") == 0
+                        || strcmp(k, "mode") == 0)))
+        {
+            /* the caller may free req before it answers */
+            snprintf(lss_unknown_field, sizeof(lss_unknown_field), "%s", k);
+            *field = lss_unknown_field;
+            snprintf(err, errlen, "unknown field \"%.64s\"", k);
+            return 422;
+        }
     }
 
     *field = ws ? "mode" : "type";

@@ -209,6 +209,11 @@ def test_validation_errors(runner):
         (json.dumps({"type": "code", "content": "x",
                      "context": "../etc"}), 422, "validation_error"),
         (b"[" * 100000 + b"]" * 100000, 400, "bad_request"),
+        # a misspelt field never runs the code without it
+        (json.dumps({"type": "code", "content": "x", "timeuot": 1}), 422,
+         "validation_error"),
+        (json.dumps({"type": "code", "content": "x", "mode": "code"}), 422,
+         "validation_error"),
     ]
     for body, status, code in cases:
         r = runner.client.post("/execute", content=body)
@@ -217,6 +222,9 @@ def test_validation_errors(runner):
     r = runner.client.post("/execute", json={"type": "code",
                                              "content": "x", "timeout": 0})
     assert r.json()["error"]["details"]["field"] == "timeout"
+    r = runner.client.post("/execute", json={"type": "code", "content": "x",
+                                             "workdir": "/tmp"})
+    assert r.json()["error"]["details"]["field"] == "workdir", r.text
     r = runner.client.post("/execute", content=b"x" * (9 * 1024 * 1024))
     assert r.status_code == 413
     r = runner.client.get("/nope")

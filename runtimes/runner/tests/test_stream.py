@@ -149,6 +149,9 @@ def test_stream_protocol_errors(runner):
         res.append(json.loads(await ws.recv()))
         await send(ws, type="cancel", executionId="nobody")
         res.append(json.loads(await ws.recv()))
+        await send(ws, type="execute", executionId="u", mode="code",
+                   content="1", stdin="x")
+        res.append(json.loads(await ws.recv()))
         await send(ws, type="ping", timestamp=12345)
         res.append(json.loads(await ws.recv()))
         # a fragmented text message is reassembled by wslay
@@ -157,13 +160,16 @@ def test_stream_protocol_errors(runner):
         return res
 
     r = ws_run(runner, body)
-    assert [m["type"] for m in r[:6]] == ["error"] * 6
-    assert [m["code"] for m in r[:6]] == [
+    assert [m["type"] for m in r[:7]] == ["error"] * 7
+    assert [m["code"] for m in r[:7]] == [
         "invalid_message", "invalid_message", "unknown_message_type",
-        "invalid_request", "invalid_request", "invalid_request"]
-    assert r[6] == {"type": "pong", "timestamp": 12345,
-                    "serverTime": r[6]["serverTime"]}
-    assert r[7]["type"] == "pong" and r[7]["timestamp"] == 7
+        "invalid_request", "invalid_request", "invalid_request",
+        "invalid_request"]
+    # stdin is its own message on the stream, not an execute field
+    assert "stdin" in r[6]["message"], r[6]
+    assert r[7] == {"type": "pong", "timestamp": 12345,
+                    "serverTime": r[7]["serverTime"]}
+    assert r[8]["type"] == "pong" and r[8]["timestamp"] == 7
 
 
 def test_stream_huge_frame_closes(runner):
