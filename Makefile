@@ -21,7 +21,7 @@ export TOP BUILD MODULE
 .PHONY: all module runner deps install uninstall test test-unit test-gateway \
         test-gateway-valgrind test-runner test-runtimes test-controller \
         bench run stop admin-key clean controller rootfs-python stack \
-        test-e2e test-sdk
+        test-e2e test-sdk cluster-harness
 
 all: module runner
 
@@ -101,6 +101,27 @@ test-runtimes:
 
 test-controller:
 	$(MAKE) -C controller test
+
+# A real Kubernetes control plane for the cluster-mode tests (t/cluster):
+# etcd, kube-apiserver, kube-controller-manager and kube-scheduler in one
+# Go program built from the Kubernetes release modules. Go's own module
+# and build caches make a rebuild cheap; make relinks only when
+# t/cluster's sources change.
+GO          ?= $(firstword $(wildcard /usr/local/go/bin/go) go)
+CLUSTER     := $(BUILD)/cluster/lss-cluster
+CLUSTER_SRC := $(wildcard t/cluster/*.go) t/cluster/go.mod t/cluster/go.sum
+K8S_VERSION := $(shell awk '$$1 == "k8s.io/kubernetes" {print $$2}' t/cluster/go.mod)
+K8S_MINOR   := $(word 2,$(subst ., ,$(K8S_VERSION)))
+# the release's version, as kube-apiserver's /version and kubectl show it
+GOBUILD     := GOTOOLCHAIN=local $(GO) build -trimpath -ldflags='-s -w \
+    -X k8s.io/component-base/version.gitVersion=$(K8S_VERSION) \
+    -X k8s.io/component-base/version.gitMajor=1 \
+    -X k8s.io/component-base/version.gitMinor=$(K8S_MINOR)'
+
+$(CLUSTER): $(CLUSTER_SRC)
+	cd t/cluster && $(GOBUILD) -o $@ .
+
+cluster-harness: $(CLUSTER)
 
 # the sandbox API on the whole stack: nginx, Redis, PostgreSQL, the
 # controller and runc/runsc sandboxes (root; builds what it runs)
