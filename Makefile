@@ -21,7 +21,7 @@ export TOP BUILD MODULE
 .PHONY: all module runner deps install uninstall test test-unit test-gateway \
         test-gateway-valgrind test-runner test-runtimes test-controller \
         bench run stop admin-key clean controller rootfs-python stack \
-        test-e2e test-sdk cluster-harness
+        test-e2e test-sdk cluster-harness test-cluster
 
 all: module runner
 
@@ -79,7 +79,7 @@ uninstall:
 	rm -rf /usr/share/llmsafespace
 
 test: deps module test-unit test-gateway test-runner test-runtimes \
-      test-controller test-e2e test-sdk
+      test-controller test-cluster test-e2e test-sdk
 
 # checks that need no server: seccomp profiles, descriptors, CRDs, bundles
 test-unit:
@@ -122,6 +122,12 @@ $(CLUSTER): $(CLUSTER_SRC)
 	cd t/cluster && $(GOBUILD) -o $@ .
 
 cluster-harness: $(CLUSTER)
+
+# the custom resources and kube-controller-manager's work on that control
+# plane, through the machine's kubectl (t/cluster/tests)
+test-cluster: cluster-harness
+	@tools/deps.sh cluster.txt
+	$(PYTHON) -m pytest -q t/cluster/tests
 
 # the sandbox API on the whole stack: nginx, Redis, PostgreSQL, the
 # controller and runc/runsc sandboxes (root; builds what it runs)
