@@ -121,7 +121,12 @@ GOBUILD     := GOTOOLCHAIN=local $(GO) build -trimpath -ldflags='-s -w \
 $(CLUSTER): $(CLUSTER_SRC)
 	cd t/cluster && $(GOBUILD) -o $@ .
 
-cluster-harness: $(CLUSTER)
+# the fault proxy between a client and that API server (standard library only)
+FAULTPROXY  := $(BUILD)/cluster/lss-faultproxy
+$(FAULTPROXY): $(wildcard t/cluster/faultproxy/*.go) t/cluster/go.mod
+	cd t/cluster && $(GOBUILD) -o $@ ./faultproxy
+
+cluster-harness: $(CLUSTER) $(FAULTPROXY)
 
 # the custom resources and kube-controller-manager's work on that control
 # plane, through the machine's kubectl (t/cluster/tests)

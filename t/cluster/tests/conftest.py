@@ -15,6 +15,7 @@ import pytest
 TOP = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 BUILD = os.environ.get("BUILD", os.path.join(TOP, "build"))
 HARNESS = os.environ.get("LSS_CLUSTER", os.path.join(BUILD, "cluster", "lss-cluster"))
+FAULTPROXY = os.path.join(BUILD, "cluster", "lss-faultproxy")
 KUBECTL = os.environ.get("KUBECTL") or shutil.which("kubectl") or \
     os.path.join(BUILD, "cluster", "kubectl")
 CRDS = os.path.join(TOP, "crds")
@@ -30,6 +31,7 @@ class ControlPlane:
             [HARNESS, "--dir", dir, "--port", "0"],
             stdout=self.log, stderr=subprocess.STDOUT)
         self.kubeconfig = os.path.join(dir, "kubeconfig")
+        self.kubectl_path = KUBECTL
         self.server = None
 
     def wait_ready(self, timeout=180):
