@@ -126,10 +126,17 @@ FAULTPROXY  := $(BUILD)/cluster/lss-faultproxy
 $(FAULTPROXY): $(wildcard t/cluster/faultproxy/*.go) t/cluster/go.mod
 	cd t/cluster && $(GOBUILD) -o $@ ./faultproxy
 
-cluster-harness: $(CLUSTER) $(FAULTPROXY)
+# kubectl: the machine's, else one of the same release built here (a
+# tool of t/cluster/go.mod); KUBECTL= chooses another
+KUBECTL     ?= $(or $(shell command -v kubectl),$(BUILD)/cluster/kubectl)
+export KUBECTL
+$(BUILD)/cluster/kubectl: t/cluster/go.mod t/cluster/go.sum
+	cd t/cluster && $(GOBUILD) -o $@ k8s.io/kubernetes/cmd/kubectl
 
-# the custom resources and kube-controller-manager's work on that control
-# plane, through the machine's kubectl (t/cluster/tests)
+cluster-harness: $(CLUSTER) $(FAULTPROXY) $(KUBECTL)
+
+# the custom resources, kube-controller-manager's work and the fault
+# proxy on that control plane, through kubectl (t/cluster/tests)
 test-cluster: cluster-harness
 	@tools/deps.sh cluster.txt
 	$(PYTHON) -m pytest -q t/cluster/tests
