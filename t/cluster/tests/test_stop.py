@@ -3,6 +3,7 @@ SIGTERM or SIGINT stop it cleanly: exit 0, the API port closed and free,
 the ready file gone, no process of it left."""
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -56,3 +57,4 @@ def test_signal_stops_everything(sig):
     assert port_free(port)
     p = cp.kubectl("get", "namespaces", "--request-timeout=5s", check=False)
     assert p.returncode != 0 and "refused" in p.stderr
+    shutil.rmtree(dir)
