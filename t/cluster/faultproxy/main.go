@@ -21,10 +21,12 @@
 package main
 
 import (
+	"bytes"
 	"crypto/tls"
 	"crypto/x509"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -124,6 +126,9 @@ func run(dir string, port, ctlPort int) error {
 	}
 }
 
+// maxBody is well above the API server's own limit on a request (3 MiB).
+const maxBody = 16 << 20
+
 // proxy sends each request upstream under the client's identity.
 type proxy struct {
 	faults   *faults
@@ -138,6 +143,22 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if strings.HasPrefix(k, "Impersonate-") {
 			r.Header.Del(k)
 		}
+	}
+	// A request body is read whole before it goes upstream: an HTTP/2
+	// client (Go's) stops sending its body once a >299 response arrives,
+	// and a streamed body would then hold the upstream stream open, and
+	// with it the end of the response the client waits for.
+	if r.Body != nil && r.Body != http.NoBody {
+		body, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
+		if err != nil {
+			return
+		}
+		if len(body) > maxBody {
+			http.Error(w, "request body too large", http.StatusRequestEntityTooLarge)
+			return
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		r.ContentLength = int64(len(body))
 	}
 	if f := p.faults.match(r); f != nil {
 		if r = f.before(w, r); r == nil {
