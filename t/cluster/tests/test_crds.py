@@ -233,3 +233,25 @@ def test_scale_warm_pool(cluster, ns):
     assert p.returncode != 0 and "minSize must not exceed maxSize" in p.stderr
     assert cluster.json("get", "warmpool/scaled", "-n",
                         ns)["spec"]["minSize"] == 4
+
+
+def test_api_semantics_the_controller_relies_on(cluster, ns):
+    """What a home-made fake gets wrong: a write with a stale
+    resourceVersion is 409, strategic merge patch is 415 on a custom
+    resource (JSON merge patch works), generation moves with spec only."""
+    cluster.apply(sandbox("sem"), "-n", ns)
+    old = cluster.json("get", "sandbox/sem", "-n", ns)
+    cluster.kubectl("patch", "sandbox/sem", "-n", ns, "--type=merge", "-p",
+                    '{"spec": {"timeout": 60}}')
+    old["spec"]["timeout"] = 120
+    p = cluster.kubectl("replace", "-f", "-", "-n", ns, "-v=6",
+                        input=json.dumps(old), check=False)
+    assert p.returncode != 0 and "409 Conflict" in p.stderr
+    assert "the object has been modified" in p.stderr
+    got = cluster.json("get", "sandbox/sem", "-n", ns)
+    assert got["spec"]["timeout"] == 60
+    assert got["metadata"]["generation"] == old["metadata"]["generation"] + 1
+    p = cluster.kubectl("patch", "sandbox/sem", "-n", ns, "--type=strategic",
+                        "-p", '{"spec": {"timeout": 30}}', "-v=6",
+                        check=False)
+    assert p.returncode != 0 and "415 Unsupported Media Type" in p.stderr
