@@ -22,7 +22,7 @@ export TOP BUILD MODULE
 .PHONY: all module runner deps install uninstall test test-unit test-gateway \
         test-gateway-valgrind test-runner test-runtimes test-controller \
         bench run stop admin-key clean controller rootfs-python stack \
-        test-e2e test-sdk test-security
+        test-e2e test-sdk test-security cluster-harness test-cluster
 
 all: module runner
 
@@ -80,7 +80,7 @@ uninstall:
 	rm -rf /usr/share/llmsafespace
 
 test: deps module test-unit test-gateway test-runner test-runtimes \
-      test-controller test-e2e test-sdk test-security
+      test-controller test-cluster test-e2e test-sdk test-security
 
 # checks that need no server: seccomp profiles, descriptors, CRDs, bundles
 test-unit:
@@ -100,8 +100,49 @@ test-runner:
 test-runtimes:
 	$(MAKE) -C runtimes test
 
-test-controller:
-	$(MAKE) -C controller test
+# the Kubernetes client's tests run against the control plane of
+# t/cluster: here its absence is a failure, not a skip
+test-controller: cluster-harness
+	LSS_REQUIRE_CLUSTER=1 $(MAKE) -C controller test
+
+# A real Kubernetes control plane for the cluster-mode tests (t/cluster):
+# etcd, kube-apiserver, kube-controller-manager and kube-scheduler in one
+# Go program built from the Kubernetes release modules. Go's own module
+# and build caches make a rebuild cheap; make relinks only when
+# t/cluster's sources change.
+GO          ?= $(firstword $(wildcard /usr/local/go/bin/go) go)
+CLUSTER     := $(BUILD)/cluster/lss-cluster
+CLUSTER_SRC := $(wildcard t/cluster/*.go) t/cluster/go.mod t/cluster/go.sum
+K8S_VERSION := $(shell awk '$$1 == "k8s.io/kubernetes" {print $$2}' t/cluster/go.mod)
+K8S_MINOR   := $(word 2,$(subst ., ,$(K8S_VERSION)))
+# the release's version, as kube-apiserver's /version and kubectl show it
+GOBUILD     := GOTOOLCHAIN=local $(GO) build -trimpath -ldflags='-s -w \
+    -X k8s.io/component-base/version.gitVersion=$(K8S_VERSION) \
+    -X k8s.io/component-base/version.gitMajor=1 \
+    -X k8s.io/component-base/version.gitMinor=$(K8S_MINOR)'
+
+$(CLUSTER): $(CLUSTER_SRC)
+	cd t/cluster && $(GOBUILD) -o $@ .
+
+# the fault proxy between a client and that API server (standard library only)
+FAULTPROXY  := $(BUILD)/cluster/lss-faultproxy
+$(FAULTPROXY): $(wildcard t/cluster/faultproxy/*.go) t/cluster/go.mod
+	cd t/cluster && $(GOBUILD) -o $@ ./faultproxy
+
+# kubectl: the machine's, else one of the same release built here (a
+# tool of t/cluster/go.mod); KUBECTL= chooses another
+KUBECTL     ?= $(or $(shell command -v kubectl),$(BUILD)/cluster/kubectl)
+export KUBECTL
+$(BUILD)/cluster/kubectl: t/cluster/go.mod t/cluster/go.sum
+	cd t/cluster && $(GOBUILD) -o $@ k8s.io/kubernetes/cmd/kubectl
+
+cluster-harness: $(CLUSTER) $(FAULTPROXY) $(KUBECTL)
+
+# the custom resources, kube-controller-manager's work and the fault
+# proxy on that control plane, through kubectl (t/cluster/tests)
+test-cluster: cluster-harness
+	@tools/deps.sh cluster.txt
+	$(PYTHON) -m pytest -q t/cluster/tests
 
 # the sandbox API on the whole stack: nginx, Redis, PostgreSQL, the
 # controller and runc/runsc sandboxes (root; builds what it runs)

@@ -5,6 +5,7 @@ manifests in conf/warmpools validate against the WarmPool schema."""
 
 import glob
 import os
+import re
 
 import pytest
 import yaml
@@ -51,10 +52,25 @@ def structural(node, path):
         structural(node["items"], path + "[]")
 
 
+def resolve(root, path):
+    """The schema node at a JSONPath such as .spec.minSize."""
+    node = root
+    for key in path.lstrip(".").split("."):
+        node = node["properties"][key]
+    return node
+
+
 def validate(node, value, path="$"):
-    """A small validator for the manifests: type, enum, bounds, required."""
+    """A small validator for the manifests: type, enum, bounds, pattern,
+    required (an int-or-string's bounds and pattern apply to the integer
+    and the string respectively, as on the API server)."""
     if node.get("x-kubernetes-int-or-string"):
         assert isinstance(value, (int, str)), path
+        if isinstance(value, str) and "pattern" in node:
+            assert re.search(node["pattern"], value), (path, value)
+        if isinstance(value, int):
+            assert node.get("minimum", value) <= value, path
+            assert value <= node.get("maximum", value), path
         return
     t = node["type"]
     py = {"object": dict, "array": list, "string": str, "boolean": bool,
@@ -66,6 +82,8 @@ def validate(node, value, path="$"):
         assert value >= node["minimum"], path
     if "maximum" in node:
         assert value <= node["maximum"], path
+    if "pattern" in node:
+        assert re.search(node["pattern"], value), (path, value)
     if t == "object":
         for r in node.get("required", []):
             assert r in value, (path, r)
@@ -92,7 +110,10 @@ def test_every_kind_is_defined_once_with_its_scope():
             spec["names"]["plural"]
         (v,) = spec["versions"]
         assert v["name"] == "v1" and v["served"] and v["storage"]
-        assert v["subresources"] == {"status": {}}
+        assert v["subresources"]["status"] == {}
+        assert ("scale" in v["subresources"]) == (kind == "WarmPool")
+        assert "llmsafespace" in spec["names"]["categories"]
+        assert spec["names"]["shortNames"]
         cols = v["additionalPrinterColumns"]
         assert cols and all(c["jsonPath"].startswith(".") for c in cols)
         root = v["schema"]["openAPIV3Schema"]
@@ -149,3 +170,26 @@ def test_pool_manifests_are_valid_warm_pools():
         validate(spec, {"runtime": "python", "minSize": -1})
     with pytest.raises(AssertionError):
         validate(spec, {"runtime": "python", "minSize": 1, "bogus": 1})
+    for bad in ({"ttl": "-5m"}, {"ttl": 0}, {"resources": {"cpu": "1Gi"}},
+                {"preloadPackages": ["numpy==1.0"]}):
+        with pytest.raises(AssertionError):
+            validate(spec, dict({"runtime": "python", "minSize": 1}, **bad))
+
+
+def test_warm_pool_scale_subresource_points_at_its_fields():
+    (v,) = load()["WarmPool"]["spec"]["versions"]
+    scale, root = v["subresources"]["scale"], v["schema"]["openAPIV3Schema"]
+    assert scale["specReplicasPath"] == ".spec.minSize"
+    assert resolve(root, scale["specReplicasPath"])["type"] == "integer"
+    assert resolve(root, scale["statusReplicasPath"])["type"] == "integer"
+    assert resolve(root, scale["labelSelectorPath"])["type"] == "string"
+
+
+def test_printer_columns_name_schema_fields():
+    for kind, doc in load().items():
+        (v,) = doc["spec"]["versions"]
+        root = v["schema"]["openAPIV3Schema"]
+        for col in v["additionalPrinterColumns"]:
+            if col["jsonPath"].startswith(".metadata."):
+                continue
+            assert resolve(root, col["jsonPath"]), (kind, col)
