@@ -31,23 +31,8 @@ SPIN = "import time\nt = time.time() + 0.2\nwhile time.time() < t:\n    pass"
 
 class RunscSandbox(rb.Sandbox):
     def __init__(self, workdir, extra):
-        args = ["--languages", "python,bash",
-                "--default-timeout", "30"] + extra
-        self.c = rb.sandbox.Container(rb.ROOTFS, workdir, "runsc",
-                                      runner_args=args, memory=512 << 20)
-        self.c.start()
-        self.http = rb.UnixHTTPConnection(self.c.socket)
-        self.headers = {rb.TOKEN_HEADER: self.c.token}
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if os.path.exists(self.c.socket) and \
-                        self.request("GET", "/readyz")[0] == 200:
-                    return
-            except OSError:
-                self.http.close()
-            time.sleep(0.05)
-        raise RuntimeError("runner not ready:\n" + self.c.logs())
+        super().__init__(workdir, None, runtime="runsc", memory=512 << 20,
+                         extra=extra)
 
     def cpu_ns(self):
         p = "/sys/fs/cgroup/cpuacct/llmsafespace/%s-runsc/cpuacct.usage" \

@@ -73,13 +73,14 @@ class UnixHTTPConnection(http.client.HTTPConnection):
 
 
 class Sandbox:
-    def __init__(self, workdir, preload, rootfs=ROOTFS):
+    def __init__(self, workdir, preload, rootfs=ROOTFS, runtime="runc",
+                 memory=1 << 30, extra=()):
         args = ["--languages", "python,bash", "--default-timeout", "30"]
         if preload:
             args += ["--preload-packages", preload]
-        self.c = sandbox.Container(rootfs, workdir, "runc",
-                                   runner_args=args, memory=1 << 30,
-                                   pids=512)
+        self.c = sandbox.Container(rootfs, workdir, runtime,
+                                   runner_args=args + list(extra),
+                                   memory=memory, pids=512)
         self.c.start()
         self.http = UnixHTTPConnection(self.c.socket)
         self.headers = {TOKEN_HEADER: self.c.token}
