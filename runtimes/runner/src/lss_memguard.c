@@ -171,10 +171,18 @@ lss_killer_spawn(void)
 }
 
 
+/* after a failed fork, again a second later at the soonest */
 static void
 lss_killer_respawn(void)
 {
+    static int64_t  failed_ms;
+
+    if (failed_ms != 0 && lss_now_ms() - failed_ms < 1000) {
+        return;
+    }
+    failed_ms = 0;
     if (lss_killer_spawn() != 0) {
+        failed_ms = lss_now_ms();
         lss_log("memory guard: no killer: %s", strerror(errno));
     }
 }
@@ -213,14 +221,16 @@ lss_guard_thread(void *arg)
         waited = 0;
         pthread_mutex_lock(&lss_guard_lock);
         while (lss_guard_running == 0) {
-            waited = 1;
-            /* the next killer, while nothing runs */
-            if (lss_killer_fd < 0) {
+            /* the next killer, while nothing runs (once per wait: a
+             * fork that fails is not retried in a loop) */
+            if (lss_killer_fd < 0 && !waited) {
+                waited = 1;
                 pthread_mutex_unlock(&lss_guard_lock);
                 lss_killer_respawn();
                 pthread_mutex_lock(&lss_guard_lock);
                 continue;
             }
+            waited = 1;
             pthread_cond_wait(&lss_guard_cond, &lss_guard_lock);
         }
         pthread_mutex_unlock(&lss_guard_lock);
