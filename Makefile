@@ -22,7 +22,7 @@ export TOP BUILD MODULE
 .PHONY: all module runner deps install uninstall test test-unit test-gateway \
         test-gateway-valgrind test-runner test-runtimes test-controller \
         bench run stop admin-key clean controller rootfs-python stack \
-        test-e2e test-sdk test-security cluster-harness test-cluster
+        test-e2e test-sdk test-security cluster-harness test-cluster fuzz
 
 all: module runner
 
@@ -158,6 +158,12 @@ test-sdk: stack
 # table case x runtime ends the output (and build/security/matrix.md)
 test-security: stack
 	$(PYTHON) -m pytest -q -p no:cacheprovider t/security
+
+# the fuzzers for long (FUZZ_SECONDS each, default 600); make test runs
+# each for 30 s
+FUZZ_SECONDS ?= 600
+fuzz:
+	$(MAKE) -C controller fuzz-watch FUZZ_SECONDS=$(FUZZ_SECONDS)
 
 bench: $(MODULE)
 	bench/run.sh
