@@ -26,12 +26,9 @@ $t->pg_start();
 $t->dbh()->do($t->read_file("$LSS::Test::TOP/sql/controller.sql"));
 
 # the stand-in runner echoes and notes every request it gets
-$t->run_daemon(sub {
-    require Mojolicious::Lite;
-    require Mojo::Server::Daemon;
+ok($t->stand_in_runner($sock, sub {
+    my ($app) = @_;
 
-    my $app = Mojolicious::Lite->new;
-    $app->log->level('fatal');
     $app->routes->any('/*rest' => sub {
         my $c = shift;
         open(my $fh, '>>', $seen) or die;
@@ -40,11 +37,7 @@ $t->run_daemon(sub {
         close($fh);
         $c->render(json => { path => $c->req->url->path->to_string });
     });
-    Mojo::Server::Daemon->new(app => $app, silent => 1,
-        listen => ['http+unix://' . ($sock =~ s!/!%2F!gr)])->run;
-});
-
-ok($t->wait_for(sub { -S $sock }, 10), 'the stand-in runner listens');
+}), 'the stand-in runner listens');
 
 $t->run(<<"EOF");
 %%TEST_GLOBALS%%

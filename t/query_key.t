@@ -23,12 +23,8 @@ $t->pg_start();
 $t->dbh()->do($t->read_file("$LSS::Test::TOP/sql/controller.sql"));
 
 # the stand-in runner says on each stream what reached it
-$t->run_daemon(sub {
-    require Mojolicious::Lite;
-    require Mojo::Server::Daemon;
-
-    my $app = Mojolicious::Lite->new;
-    $app->log->level('fatal');
+ok($t->stand_in_runner($sock, sub {
+    my ($app) = @_;
 
     $app->routes->websocket('/stream' => sub {
         my $c = shift;
@@ -40,12 +36,7 @@ $t->run_daemon(sub {
         my $c = shift;
         $c->render(json => { query => $c->req->url->query->to_string });
     });
-
-    Mojo::Server::Daemon->new(app => $app, silent => 1,
-        listen => ['http+unix://' . ($sock =~ s!/!%2F!gr)])->run;
-});
-
-ok($t->wait_for(sub { -S $sock }, 10), 'the stand-in runner listens');
+}), 'the stand-in runner listens');
 
 $t->run(<<"EOF");
 %%TEST_GLOBALS%%

@@ -25,13 +25,8 @@ $t->redis_start();
 $t->pg_start();
 $t->dbh()->do($t->read_file("$LSS::Test::TOP/sql/controller.sql"));
 
-$t->run_daemon(sub {
-    require Mojolicious::Lite;
-    require Mojo::Server::Daemon;
-    require Mojo::IOLoop;
-
-    my $app = Mojolicious::Lite->new;
-    $app->log->level('fatal');
+ok($t->stand_in_runner($sock, sub {
+    my ($app) = @_;
 
     $app->routes->websocket('/stream' => sub {
         my $c = shift;
@@ -46,12 +41,7 @@ $t->run_daemon(sub {
         $c->render_later;
         Mojo::IOLoop->timer(60 => sub { $c->render(json => {}) });
     });
-
-    Mojo::Server::Daemon->new(app => $app, silent => 1,
-        listen => ['http+unix://' . ($sock =~ s!/!%2F!gr)])->run;
-});
-
-ok($t->wait_for(sub { -S $sock }, 10), 'the stand-in runner listens');
+}), 'the stand-in runner listens');
 
 # reuseport: the kernel spreads connections over both workers
 $t->run(<<"EOF");

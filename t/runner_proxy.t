@@ -28,12 +28,8 @@ $t->redis_start();
 $t->pg_start();
 $t->dbh()->do($t->read_file("$LSS::Test::TOP/sql/controller.sql"));
 
-$t->run_daemon(sub {
-    require Mojolicious::Lite;
-    require Mojo::Server::Daemon;
-
-    my $app = Mojolicious::Lite->new;
-    $app->log->level('fatal');
+ok($t->stand_in_runner($sock, sub {
+    my ($app) = @_;
 
     my $echo = sub {
         my $c = shift;
@@ -55,12 +51,7 @@ $t->run_daemon(sub {
         $c->on(message => sub { $_[0]->send("runner: $_[1] ($tok)") });
     });
     $app->routes->any('/*rest' => $echo);
-
-    Mojo::Server::Daemon->new(app => $app, silent => 1,
-        listen => ['http+unix://' . ($sock =~ s!/!%2F!gr)])->run;
-});
-
-ok($t->wait_for(sub { -S $sock }, 10), 'the stand-in runner listens');
+}), 'the stand-in runner listens');
 
 $t->run(<<"EOF");
 %%TEST_GLOBALS%%

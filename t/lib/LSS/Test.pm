@@ -515,6 +515,27 @@ sub run_daemon {
     return $pid;
 }
 
+# A stand-in runner on a unix socket: a Mojolicious app in a daemon of
+# its own, whose routes $routes->($app) adds.  True once it listens.
+sub stand_in_runner {
+    my ($self, $sock, $routes) = @_;
+
+    $self->run_daemon(sub {
+        require Mojolicious::Lite;
+        require Mojo::Server::Daemon;
+        require Mojo::IOLoop;
+
+        my $app = Mojolicious::Lite->new;
+        $app->log->level('fatal');
+        $routes->($app);
+
+        Mojo::Server::Daemon->new(app => $app, silent => 1,
+            listen => ['http+unix://' . ($sock =~ s!/!%2F!gr)])->run;
+    });
+
+    return $self->wait_for(sub { -S $sock }, 10);
+}
+
 sub stop_daemons {
     my ($self) = @_;
 
