@@ -211,24 +211,35 @@ lsc_kube_typed(const lsc_kube_gvr_t *gvr, json_t *obj)
 }
 
 
-lsc_kube_rc_e
-lsc_kube_create(lsc_kube_t *kc, const lsc_kube_gvr_t *gvr, const char *ns,
-    json_t *obj, json_t **out, lsc_kube_status_t *st)
+/* a whole object as a body, with its apiVersion and kind filled in */
+static lsc_kube_rc_e
+lsc_kube_send_typed(lsc_kube_t *kc, const char *method, const char *path,
+    const lsc_kube_gvr_t *gvr, json_t *obj, json_t **out,
+    lsc_kube_status_t *st)
 {
-    char            path[LSC_KUBE_PATH_LEN];
     json_t         *typed;
     lsc_kube_rc_e   rc;
 
-    if (lsc_kube_path(path, sizeof(path), gvr, ns, NULL, NULL) != 0) {
-        return lsc_kube_bad(st, "invalid namespace");
-    }
     typed = lsc_kube_typed(gvr, obj);
     if (typed == NULL) {
         return lsc_kube_bad(st, "not an object");
     }
-    rc = lsc_kube_call(kc, "POST", path, NULL, typed, out, st);
+    rc = lsc_kube_call(kc, method, path, NULL, typed, out, st);
     json_decref(typed);
     return rc;
+}
+
+
+lsc_kube_rc_e
+lsc_kube_create(lsc_kube_t *kc, const lsc_kube_gvr_t *gvr, const char *ns,
+    json_t *obj, json_t **out, lsc_kube_status_t *st)
+{
+    char  path[LSC_KUBE_PATH_LEN];
+
+    if (lsc_kube_path(path, sizeof(path), gvr, ns, NULL, NULL) != 0) {
+        return lsc_kube_bad(st, "invalid namespace");
+    }
+    return lsc_kube_send_typed(kc, "POST", path, gvr, obj, out, st);
 }
 
 
@@ -242,22 +253,14 @@ lsc_kube_update(lsc_kube_t *kc, const lsc_kube_gvr_t *gvr, const char *ns,
     const char *name, const char *sub, json_t *obj, json_t **out,
     lsc_kube_status_t *st)
 {
-    char            path[LSC_KUBE_PATH_LEN];
-    json_t         *typed;
-    lsc_kube_rc_e   rc;
+    char  path[LSC_KUBE_PATH_LEN];
 
     if (name == NULL
         || lsc_kube_path(path, sizeof(path), gvr, ns, name, sub) != 0)
     {
         return lsc_kube_bad(st, "invalid namespace or name");
     }
-    typed = lsc_kube_typed(gvr, obj);
-    if (typed == NULL) {
-        return lsc_kube_bad(st, "not an object");
-    }
-    rc = lsc_kube_call(kc, "PUT", path, NULL, typed, out, st);
-    json_decref(typed);
-    return rc;
+    return lsc_kube_send_typed(kc, "PUT", path, gvr, obj, out, st);
 }
 
 
