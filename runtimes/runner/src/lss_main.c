@@ -458,7 +458,7 @@ main(int argc, char **argv)
                 "RLIMIT_AS as well");
     }
 
-    if (lss_memguard_start() != 0) {
+    if (lss_memguard_start(lss_exec_end_all) != 0) {
         return 1;
     }
 

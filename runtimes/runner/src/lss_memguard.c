@@ -47,6 +47,7 @@ static int              lss_guard_running;
 static int              lss_guard_fd = -1;
 static int              lss_killer_fd = -1;
 static int64_t          lss_guard_killed_ms;
+static int            (*lss_guard_end_all)(lss_end_t why);
 
 
 /* a "Name:   N kB" value of /proc/meminfo, in bytes; -1 when absent */
@@ -252,7 +253,7 @@ lss_guard_thread(void *arg)
             pthread_mutex_lock(&lss_guard_lock);
             lss_guard_killed_ms = now;
             pthread_mutex_unlock(&lss_guard_lock);
-            ended = lss_exec_end_all(LSS_END_MEMORY);
+            ended = lss_guard_end_all(LSS_END_MEMORY);
             lss_killer_fire();
 
             if (now - last_log >= 1000) {
@@ -331,7 +332,7 @@ lss_memguard_running(int n)
 
 
 int
-lss_memguard_start(void)
+lss_memguard_start(int (*end_all)(lss_end_t why))
 {
     pthread_t  t;
 
@@ -339,6 +340,7 @@ lss_memguard_start(void)
         return 0;
     }
 
+    lss_guard_end_all = end_all;
     lss_guard_fd = open("/proc/meminfo", O_RDONLY | O_CLOEXEC);
     if (lss_guard_fd < 0 || lss_guard_used() < 0) {
         lss_log("memory guard: /proc/meminfo unusable: %s",

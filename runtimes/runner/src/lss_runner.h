@@ -178,7 +178,9 @@ int lss_exec_parse(lss_exec_t *ex, json_t *req, int ws, char *err,
 
 
 /* lss_memguard.c: the sandbox's memory budget (gVisor) */
-int lss_memguard_start(void);
+/* end_all: how executions are ended (lss_exec_end_all), given by the
+ * caller so that the guard and the executions do not call each other */
+int lss_memguard_start(int (*end_all)(lss_end_t why));
 void lss_memguard_running(int n);
 void lss_memguard_admit(void);
 
